@@ -1,0 +1,150 @@
+"""Generic cohort: a shared trunk plus N per-peer branches cut from any backbone's stage list.
+
+Share modes (reference-spec §4.1):
+- ``none``:  N independent networks (the DML paper's setting; also the single-network baseline),
+- ``early``: stages before ``spec.early`` shared (DML, MCL-OKD),
+- ``late``:  stages before ``spec.late`` shared (ONE, OKDDip),
+- ``tree``:  CL-ILR's binary tree: trunk -> ceil(N/2) sub-trunks (``early`` .. ``late``) -> N
+  branches, with the gradient-averaging op at every fork that has more than one child.
+
+Every peer is built from a fresh backbone, so peers start from independent initialisations as
+in the reference; a peer's stages keep the backbone's names, so ``peer_state_dict(i)`` loads with
+``strict=True`` into ``create_backbone(name)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from okd.models.base import Backbone
+
+SHARE_MODES = ("none", "early", "late", "tree")
+
+
+class _AverageGradient(torch.autograd.Function):
+    """Identity forward; backward divides the gradient by the number of children (ILR, CL-ILR)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, num_children: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.num_children = num_children
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad / ctx.num_children, None
+
+
+def average_gradient(x: torch.Tensor, num_children: int) -> torch.Tensor:
+    """Make a tensor feeding ``num_children`` consumers receive the mean, not the sum, of their gradients."""
+    if num_children <= 1:
+        return x
+    return _AverageGradient.apply(x, num_children)
+
+
+@dataclass
+class CohortOutput:
+    """Everything one forward pass of a cohort gives a method's loss."""
+
+    logits: list[torch.Tensor]  # one [B, C] tensor per peer
+    features: list[torch.Tensor]  # pooled penultimate feature per peer, [B, d]
+    trunk: torch.Tensor  # output of the stages all peers share (the input images if none)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # method heads' outputs
+
+
+def _stages(backbone: Backbone, start: int, stop: int) -> nn.ModuleDict:
+    return nn.ModuleDict({name: backbone.stage(name) for name in backbone.stage_names[start:stop]})
+
+
+def _run(stages: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
+    for stage in stages.values():
+        x = stage(x)
+    return x
+
+
+class Cohort(nn.Module):
+    """Trunk + (optional sub-trunks) + N branches of one backbone."""
+
+    def __init__(self, make_backbone: Callable[[], Backbone], num_peers: int, share: str = "early") -> None:
+        super().__init__()
+        if share not in SHARE_MODES:
+            raise ValueError(f"share must be one of {SHARE_MODES}, got {share!r}")
+        if num_peers < 1:
+            raise ValueError(f"num_peers must be >= 1, got {num_peers}")
+        peers = [make_backbone() for _ in range(num_peers)]
+        first = peers[0]
+        names = first.stage_names
+        self.stage_names = names
+        self.num_peers = num_peers
+        self.share = share
+        self.feature_dim = first.feature_dim
+        self.num_classes = first.num_classes
+        self.spec = first.spec
+        n_stages = len(names)
+        fork = {
+            "none": 0,
+            "early": names.index(first.spec.early),
+            "late": names.index(first.spec.late),
+            "tree": names.index(first.spec.early),
+        }[share]
+        branch_start = names.index(first.spec.late) if share == "tree" else fork
+        self.trunk = _stages(first, 0, fork)
+        self.num_groups = math.ceil(num_peers / 2) if share == "tree" else 0
+        self.subtrunks = nn.ModuleList(
+            [_stages(peers[2 * g], fork, branch_start) for g in range(self.num_groups)]
+        )
+        self.branches = nn.ModuleList([_stages(p, branch_start, n_stages) for p in peers])
+
+    def group_of(self, peer: int) -> int:
+        """Index of the CL-ILR sub-trunk feeding ``peer`` (peers 2g and 2g+1 share sub-trunk g)."""
+        return peer // 2
+
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        return _run(self.trunk, x)
+
+    def forward_branch(self, peer: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled feature and logits of one peer from an input ``h`` to its branch."""
+        branch = self.branches[peer]
+        stages = list(branch.values())
+        for stage in stages[:-1]:
+            h = stage(h)
+        return h, stages[-1](h)
+
+    def forward(self, x: torch.Tensor) -> CohortOutput:
+        trunk = self.forward_trunk(x)
+        if self.share == "tree":
+            inputs = self._tree_inputs(trunk)
+        else:
+            inputs = [trunk] * self.num_peers
+        features, logits = [], []
+        for peer, h in enumerate(inputs):
+            feature, logit = self.forward_branch(peer, h)
+            features.append(feature)
+            logits.append(logit)
+        return CohortOutput(logits=logits, features=features, trunk=trunk)
+
+    def _tree_inputs(self, trunk: torch.Tensor) -> list[torch.Tensor]:
+        shared = average_gradient(trunk, self.num_groups)
+        group_out = [_run(sub, shared) for sub in self.subtrunks]
+        inputs = []
+        for peer in range(self.num_peers):
+            g = self.group_of(peer)
+            children = min(2, self.num_peers - 2 * g)
+            inputs.append(average_gradient(group_out[g], children))
+        return inputs
+
+    def peer_state_dict(self, peer: int) -> dict[str, torch.Tensor]:
+        """State dict of trunk + peer's path, named as the plain backbone's (``strict=True`` loadable)."""
+        parts = [self.trunk]
+        if self.share == "tree":
+            parts.append(self.subtrunks[self.group_of(peer)])
+        parts.append(self.branches[peer])
+        state: dict[str, torch.Tensor] = {}
+        for part in parts:
+            for key, value in part.state_dict().items():
+                state[key] = value
+        return state

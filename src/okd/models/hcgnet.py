@@ -1,0 +1,1 @@
+"""HCGNet-A1 (being written)."""

@@ -1,0 +1,127 @@
+"""ResNets: CIFAR ResNet-32 (BasicBlock 5-5-5), ResNet-110 (Bottleneck 12-12-12), ImageNet ResNet-34.
+
+Exactly the reference's definitions (reference-spec §3.1, §3.2, §3.6): post-activation blocks,
+projection shortcut (conv1x1 + BN) wherever the shape changes, kaiming fan_out init, Linear left
+at PyTorch's default.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from okd.models.base import Backbone, BackboneSpec, global_pool
+from okd.models.registry import register_backbone
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def _projection(cin: int, cout: int, stride: int) -> nn.Module | None:
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(cin, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(cin, planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        width = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)  # stride on the 3x3, as the reference
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, width, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _projection(cin, width, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + shortcut)
+
+
+def _stage(block: type[BasicBlock] | type[Bottleneck], cin: int, planes: int, blocks: int, stride: int) -> tuple[nn.Sequential, int]:
+    layers = []
+    for i in range(blocks):
+        layers.append(block(cin, planes, stride if i == 0 else 1))
+        cin = planes * block.expansion
+    return nn.Sequential(*layers), cin
+
+
+def _init_resnet(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _cifar_resnet(block, blocks: list[int], num_classes: int) -> Backbone:
+    stem = nn.Sequential(_conv3x3(3, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+    stages: list[tuple[str, nn.Module]] = [("stem", stem)]
+    cin = 16
+    for i, (planes, stride) in enumerate(zip((16, 32, 64), (1, 2, 2))):
+        stage, cin = _stage(block, cin, planes, blocks[i], stride)
+        stages.append((f"stage{i + 1}", stage))
+    stages += [("pool", global_pool()), ("fc", nn.Linear(cin, num_classes))]
+    model = Backbone(stages, BackboneSpec(early="stage2", late="stage3", input_size=32), cin, num_classes)
+    _init_resnet(model)
+    return model
+
+
+@register_backbone("resnet32")
+def resnet32(num_classes: int = 100) -> Backbone:
+    """CIFAR ResNet-32: BasicBlock [5, 5, 5], widths 16/32/64 (0.47M params)."""
+    return _cifar_resnet(BasicBlock, [5, 5, 5], num_classes)
+
+
+@register_backbone("resnet110")
+def resnet110(num_classes: int = 100) -> Backbone:
+    """The reference's ResNet-110: Bottleneck [12, 12, 12] (1.17M params), not the 18-18-18 BasicBlock net."""
+    return _cifar_resnet(Bottleneck, [12, 12, 12], num_classes)
+
+
+@register_backbone("resnet34", default_num_classes=1000)
+def resnet34(num_classes: int = 1000) -> Backbone:
+    """torchvision's ImageNet ResNet-34 (v1), with stages named so a cohort can branch it."""
+    stem = nn.Sequential(
+        nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    )
+    stages: list[tuple[str, nn.Module]] = [("stem", stem)]
+    cin = 64
+    for i, (planes, blocks, stride) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2))):
+        stage, cin = _stage(BasicBlock, cin, planes, blocks, stride)
+        stages.append((f"layer{i + 1}", stage))
+    stages += [("pool", global_pool()), ("fc", nn.Linear(cin, num_classes))]
+    model = Backbone(stages, BackboneSpec(early="layer3", late="layer4", input_size=224), cin, num_classes)
+    _init_resnet(model)
+    return model
