@@ -1,0 +1,23 @@
+"""Online-distillation methods: one small module each, behind the protocol in ``base``."""
+
+from okd.methods import baseline  # noqa: F401  (registers the methods)
+from okd.methods.base import DatasetInfo, OKDMethod
+from okd.methods.registry import (
+    build_method,
+    get_method_class,
+    list_methods,
+    register_method,
+    resolve_method_name,
+    split_arch,
+)
+
+__all__ = [
+    "DatasetInfo",
+    "OKDMethod",
+    "build_method",
+    "get_method_class",
+    "list_methods",
+    "register_method",
+    "resolve_method_name",
+    "split_arch",
+]

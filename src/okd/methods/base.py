@@ -1,0 +1,70 @@
+"""The small protocol between the engine and an online-distillation method.
+
+The engine only ever calls ``forward`` (through DDP when distributed), ``losses``,
+``ensemble_logits`` and ``after_step``; it never asks which method it runs. A method only sees its
+backbone through the generic :class:`~okd.models.Cohort` (stages, pooled features, logits), so
+every method runs on every backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from okd.data.batch import Batch
+from okd.models import Cohort, CohortOutput, create_backbone
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a method may know about its training set (MCL-OKD sizes its memory banks from it)."""
+
+    num_train: int
+    num_classes: int
+    train_targets: torch.Tensor  # [num_train] int64 labels, in training-index order
+
+
+class OKDMethod(nn.Module):
+    """A cohort plus whatever heads its method needs; ``forward`` runs all trainable parts.
+
+    Subclasses set ``name``, ``default_share``, ``min_peers`` and implement ``losses``. Extra heads
+    (ONE's gate, OKDDip's projections, MCL-OKD's embeddings) run inside ``forward`` so that DDP sees
+    every parameter used by the loss, and put their outputs into ``output.extras``.
+    """
+
+    name: ClassVar[str] = ""
+    default_share: ClassVar[str] = "early"
+    allowed_shares: ClassVar[tuple[str, ...]] = ("none", "early", "late", "tree")
+    min_peers: ClassVar[int] = 2
+
+    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.cohort = Cohort(lambda: create_backbone(backbone, num_classes), num_peers, share or self.default_share)
+
+    @property
+    def num_peers(self) -> int:
+        return self.cohort.num_peers
+
+    @property
+    def deployed_peer(self) -> int:
+        """The peer a user ships. Symmetric methods: peer 0; MCL-OKD and OKDDip override it (last)."""
+        return 0
+
+    def forward(self, images: torch.Tensor) -> CohortOutput:
+        return self.cohort(images)
+
+    def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        """Named scalar loss terms; the engine sums them and logs each. ``epoch`` is 0-based."""
+        raise NotImplementedError
+
+    def ensemble_logits(self, output: CohortOutput) -> torch.Tensor:
+        """The method's own "Ens": by default the mean of all peers' logits."""
+        return torch.stack(output.logits).mean(0)
+
+    @torch.no_grad()
+    def after_step(self, output: CohortOutput, batch: Batch) -> None:
+        """State updates after the optimiser step (MCL-OKD's memory banks); nothing by default."""

@@ -1,0 +1,72 @@
+"""Methods by name, and the reference's ``--arch <method>_<backbone>`` spellings."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from okd.errors import OKDUserError
+from okd.methods.base import DatasetInfo, OKDMethod
+from okd.models.registry import resolve_backbone_name
+
+_METHODS: dict[str, type[OKDMethod]] = {}
+
+# Reference prefixes of --arch, longest first so "mcl_okd_" wins over shorter ones.
+ARCH_PREFIXES = {"mcl_okd_": "mcl_okd", "cl_ilr_": "cl_ilr", "okddip_": "okddip", "dml_": "dml", "one_": "one"}
+METHOD_ALIASES = {"mcl-okd": "mcl_okd", "mclokd": "mcl_okd", "cl-ilr": "cl_ilr", "clilr": "cl_ilr"}
+
+
+def register_method(cls: type[OKDMethod]) -> type[OKDMethod]:
+    if not cls.name or cls.name in _METHODS:
+        raise ValueError(f"method name {cls.name!r} is empty or registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return list(_METHODS)
+
+
+def resolve_method_name(name: str) -> str:
+    key = METHOD_ALIASES.get(name.lower(), name.lower())
+    if key not in _METHODS:
+        raise OKDUserError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
+    return key
+
+
+def get_method_class(name: str) -> type[OKDMethod]:
+    return _METHODS[resolve_method_name(name)]
+
+
+def split_arch(arch: str) -> tuple[str | None, str]:
+    """``'dml_resnet32'`` -> ``('dml', 'resnet32')``; a plain backbone name gives ``(None, name)``."""
+    lowered = arch.lower()
+    for prefix, method in sorted(ARCH_PREFIXES.items(), key=lambda kv: -len(kv[0])):
+        if lowered.startswith(prefix):
+            return method, resolve_backbone_name(arch[len(prefix):])
+    return None, resolve_backbone_name(arch)
+
+
+def build_method(
+    name: str,
+    backbone: str,
+    num_classes: int,
+    num_peers: int,
+    share: str | None = None,
+    dataset: DatasetInfo | None = None,
+    **options: Any,
+) -> OKDMethod:
+    """Build a method; ``options`` may hold every method's knobs, each method takes the ones it declares."""
+    cls = get_method_class(name)
+    backbone = resolve_backbone_name(backbone)
+    if num_peers < cls.min_peers:
+        raise OKDUserError(f"method {cls.name!r} needs at least {cls.min_peers} peers, got --num-peers {num_peers}")
+    if share is not None and share not in cls.allowed_shares:
+        raise OKDUserError(
+            f"method {cls.name!r} does not support --share {share!r}; choose one of {', '.join(cls.allowed_shares)}"
+        )
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+    if "dataset" in accepted:
+        kwargs["dataset"] = dataset
+    return cls(backbone=backbone, num_classes=num_classes, num_peers=num_peers, share=share, **kwargs)
