@@ -1,6 +1,6 @@
 """Backbones (registry + definitions) and the generic cohort builder."""
 
-from okd.models import densenet, hcgnet, resnet, vgg  # noqa: F401  (register the backbones)
+from okd.models import resnet, densenet, vgg, hcgnet  # noqa: F401,I001  (register, in the paper's order)
 from okd.models.base import Backbone, BackboneSpec
 from okd.models.cohort import SHARE_MODES, Cohort, CohortOutput, average_gradient
 from okd.models.complexity import count_macs, count_params
