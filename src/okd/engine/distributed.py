@@ -6,7 +6,10 @@ same code path serves one CPU, one GPU and many nodes.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,3 +64,27 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:c] for g, c in zip(gathered, counts)])
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[DistInfo]:
+    """Join torchrun's process group (nccl on CUDA, gloo on CPU) for the duration of a job.
+
+    Without torchrun's environment this does nothing: a single process runs unchanged.
+    """
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1 or is_distributed():
+        yield current()
+        return
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    try:
+        yield current()
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,59 @@
+"""``okd eval``: the errors of every peer, the peer mean, the deployed peer and the ensemble of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from okd.cli.tables import format_table
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its test set",
+                       description="Evaluate a checkpoint written by `okd train` (best.pt or last.pt).")
+    p.add_argument("--checkpoint", required=True, help="path to best.pt / last.pt")
+    p.add_argument("--data", help="dataset location, if it moved since training")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, help="evaluation batch size")
+    p.add_argument("--limit-batches", type=int, help="evaluate at most N batches")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(run=run_eval)
+
+
+def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto", batch_size: int | None = None,
+                        limit_batches: int | None = None) -> dict:
+    from okd.engine.checkpoint import load_checkpoint
+    from okd.engine.config import config_from_mapping, replace
+    from okd.engine.distributed import current
+    from okd.engine.trainer import build_for_config, evaluate, resolve_device
+    from okd.errors import OKDUserError
+
+    state = load_checkpoint(path)
+    cfg = config_from_mapping(state["config"])
+    changes = {"download": False, "device": device}
+    if data is not None:
+        changes["data"] = data
+    if batch_size is not None:
+        changes["eval_batch_size"] = batch_size
+    cfg = replace(cfg, **changes)
+    dev = resolve_device(cfg.device)
+    _spec, _train, eval_loader, method = build_for_config(cfg, dev, current())
+    try:
+        method.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise OKDUserError(f"checkpoint {path} does not match its own config's model: {str(exc).splitlines()[0][:200]}") from None
+    errors = evaluate(method, method, eval_loader, dev, limit=limit_batches)
+    return {"checkpoint": str(path), "method": cfg.method, "arch": cfg.arch, "dataset": cfg.dataset,
+            "epoch": state["epoch"], "deployed_peer": method.deployed_peer, "errors": errors}
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.limit_batches)
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['method']} {result['arch']} on {result['dataset']} after {result['epoch']} epochs "
+          f"(deployed peer: {result['deployed_peer']})")
+    rows = [[head, f"{e['top1']:.2f}", f"{e['top5']:.2f}"] for head, e in result["errors"].items()]
+    print(format_table(["head", "top-1 error %", "top-5 error %"], rows))
+    return 0

@@ -1,0 +1,130 @@
+"""``okd train``: every TrainConfig field as a flag, plus the reference's spellings."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import Any
+
+from okd.engine.config import TrainConfig, config_from_mapping, load_yaml_config
+from okd.errors import OKDUserError
+
+SUPPRESS = argparse.SUPPRESS
+
+
+def _bool_pair(group: argparse._ArgumentGroup, name: str, help: str) -> None:
+    dest = name.replace("-", "_")
+    group.add_argument(f"--{name}", dest=dest, action="store_true", default=SUPPRESS, help=help)
+    group.add_argument(f"--no-{name}", dest=dest, action="store_false", default=SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _lr_type(value: str) -> str:
+    return {"sgdr": "cosine", "cosine": "cosine", "multistep": "multistep", "constant": "constant"}.get(value.lower(), value)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a method on a backbone",
+        description="Train a cohort with one online-distillation method. Unset values come from the "
+        "method/dataset recipe (the reference's); every value can be set here or in --config YAML.",
+        argument_default=SUPPRESS,
+    )
+    what = p.add_argument_group("what to train")
+    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd (default: baseline)")
+    what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32); default resnet32")
+    what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1)")
+    what.add_argument("--share", help="none | early | late | tree (default: the method's)")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | imagenet | synthetic")
+    data.add_argument("--data", help="CIFAR-100 archive/folder (or its parent), or ImageNet root with train/ and val/")
+    data.add_argument("--download", action="store_true", help="fetch CIFAR-100 into --data if missing (verifies its MD5)")
+    data.add_argument("--workers", "--num-workers", dest="workers", type=int, help="ImageNet loader processes (default 8)")
+    for name in ("synthetic-train", "synthetic-test", "synthetic-classes", "synthetic-size"):
+        data.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
+
+    opt = p.add_argument_group("optimisation (defaults: the recipe of the method and dataset)")
+    opt.add_argument("--epochs", type=int)
+    opt.add_argument("--batch-size", type=int, help="GLOBAL batch size, split across distributed ranks")
+    opt.add_argument("--eval-batch-size", type=int)
+    opt.add_argument("--lr", "--init-lr", dest="lr", type=float, help="peak learning rate of the cosine")
+    opt.add_argument("--wd", "--weight-decay", dest="wd", type=float)
+    opt.add_argument("--momentum", type=float)
+    _bool_pair(opt, "nesterov", "Nesterov momentum (default on; --no-nesterov)")
+    opt.add_argument("--lr-schedule", "--lr-type", dest="lr_schedule", type=_lr_type, help="cosine (=SGDR, default) | multistep | constant")
+    opt.add_argument("--milestones", type=int, nargs="+")
+    opt.add_argument("--lr-gamma", type=float, help="multistep decay factor (default 0.1)")
+
+    meth = p.add_argument_group("method options (defaults: the method's)")
+    meth.add_argument("--kd-t", "--kd_T", "--kd-T", dest="kd_t", type=float, help="distillation temperature")
+    meth.add_argument("-a", "--alpha", type=float, help="MCL-OKD: DOT weight (0 = the '+MCL' ablation)")
+    meth.add_argument("-b", "--beta", type=float, help="MCL-OKD: contrastive weight (0.025)")
+    meth.add_argument("--gamma", type=float, help="MCL-OKD: cross-entropy weight (1)")
+    meth.add_argument("--nce-k", "--nce_k", dest="nce_k", type=int, help="MCL-OKD: negatives per sample")
+    meth.add_argument("--nce-t", "--nce_t", dest="nce_t", type=float, help="MCL-OKD: temperature")
+    meth.add_argument("--nce-m", "--nce_m", dest="nce_m", type=float, help="MCL-OKD: memory momentum")
+    meth.add_argument("--feat-dim", "--feat_dim", dest="feat_dim", type=int, help="MCL-OKD: embedding size")
+    _bool_pair(meth, "fixed-z", "MCL-OKD: fix the NCE normaliser at the first step (CRD) instead of per batch")
+    meth.add_argument("--rampup-epochs", type=int, help="OKDDip: length of the consistency ramp-up (80)")
+
+    run = p.add_argument_group("execution")
+    run.add_argument("--seed", "--manual_seed", "--manual-seed", dest="seed", type=int)
+    run.add_argument("--device", help="auto (default) | cpu | cuda | cuda:N")
+    run.add_argument("--gpu", "--gpu-id", dest="gpu", help="the reference's GPU index: same as --device cuda:N")
+    run.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    _bool_pair(run, "channels-last", "channels_last memory format (default: on for CUDA)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the cohort")
+    run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
+    run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across distributed ranks")
+    run.add_argument("--limit-batches", type=int, help="train and eval at most N batches per epoch (smoke runs)")
+    run.add_argument("--nan-policy", choices=("stop", "skip-step"), help="on a non-finite loss: stop (default) or skip the step")
+    run.add_argument("--log-interval", type=int, help="steps between progress updates (default 50)")
+    run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in the run folder")
+
+    io = p.add_argument_group("run folder")
+    io.add_argument("--config", help="YAML file of options (command-line flags win)")
+    io.add_argument("--out", help="run folder (default runs/<method>_<arch>_<dataset>_s<seed>)")
+    io.add_argument("-r", "--resume", action="store_true", help="continue the run in --out exactly where it stopped")
+    io.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    io.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(run=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < --config YAML < flags; the recipe is filled later by resolve_config."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml_config(args.config))
+    given = {k: v for k, v in vars(args).items() if k not in ("config", "out", "resume", "overwrite", "quiet", "run", "command", "gpu")}
+    if getattr(args, "gpu", None) is not None:
+        given["device"] = f"cuda:{args.gpu}"
+    values.update(given)
+    return config_from_mapping(values)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from okd.engine import distributed as okd_dist
+    from okd.engine.recipe import resolve_config
+    from okd.engine.trainer import Trainer, TrainingInterrupted
+
+    cfg = resolve_config(config_from_args(args))
+    out = Path(getattr(args, "out", None) or f"runs/{cfg.method}_{cfg.arch}_{cfg.dataset}_s{cfg.seed}")
+    with okd_dist.process_group(cfg.device):
+        trainer = Trainer(cfg, out, resume=getattr(args, "resume", False), overwrite=getattr(args, "overwrite", False),
+                          quiet=getattr(args, "quiet", False))
+        try:
+            summary = trainer.fit()
+        except TrainingInterrupted as stop:
+            if trainer.is_main:
+                print(f"okd train: {stop}; saved {out / 'last.pt'}.\nResume with: okd train --out {out} --resume")
+            return 128 + stop.signum
+    if trainer.is_main and summary["last"]:
+        last = summary["last"]
+        print(
+            f"done: {cfg.method} {cfg.arch} on {cfg.dataset}, {summary['epochs_done']} epochs. Test top-1 error: "
+            f"deployed peer {last['deployed']['top1']:.2f}%, peer mean {last['peer_mean']['top1']:.2f}%, "
+            f"ensemble {last['ensemble']['top1']:.2f}%. Run folder: {out}"
+        )
+    return 0

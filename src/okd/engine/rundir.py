@@ -1,0 +1,100 @@
+"""The run folder (design.md §4): config.yaml, metrics.jsonl, last.pt, best.pt, summary.json, train.log."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from okd.engine.checkpoint import atomic_write_bytes
+from okd.errors import OKDUserError
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "train.log")
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.yaml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    last = property(lambda self: self.path / "last.pt")
+    best = property(lambda self: self.path / "best.pt")
+    summary = property(lambda self: self.path / "summary.json")
+    log = property(lambda self: self.path / "train.log")
+
+    def holds_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_FILES)
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Create the folder, refusing to clobber an existing run unless asked; check it is writable."""
+        if resume and not self.last.exists():
+            raise OKDUserError(f"nothing to resume in {self.path}: no last.pt there (start a new run without --resume)")
+        if not resume and self.holds_run():
+            if not overwrite:
+                raise OKDUserError(
+                    f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
+                )
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".okd-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
+
+    def write_config(self, plain: dict[str, Any]) -> None:
+        self._write_text(self.config, yaml.safe_dump(plain, sort_keys=False))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self._write_text(self.summary, json.dumps(summary, indent=2))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """One JSON line per epoch, written with a single write + fsync (never half a line after a crash)."""
+        self._append(self.metrics, json.dumps(record) + "\n")
+
+    def append_log(self, line: str) -> None:
+        self._append(self.log, line.rstrip("\n") + "\n")
+
+    def truncate_metrics(self, num_records: int) -> None:
+        """On resume, drop records written after the checkpoint we resume from."""
+        records = read_metrics(self.metrics)[:num_records]
+        self._write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in records))
+
+    def _write_text(self, path: Path, text: str) -> None:
+        try:
+            atomic_write_bytes(path, text.encode())
+        except OSError as exc:
+            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}") from None
+
+    def _append(self, path: Path, text: str) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, text.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Epoch records of a run; a trailing partial line (a crash mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records

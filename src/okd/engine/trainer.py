@@ -1,0 +1,424 @@
+"""The one training loop: any method, any backbone, any dataset, one process or many.
+
+The engine talks to a method only through the protocol of ``okd.methods.base`` (forward, losses,
+ensemble_logits, deployed_peer, after_step). Randomness is derived from (seed, epoch, step, rank)
+at every step, so a run stopped anywhere and resumed computes exactly what an uninterrupted run
+would (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from okd.data import DataConfig, DataSpec, build_data
+from okd.engine import distributed as okd_dist
+from okd.engine.checkpoint import load_checkpoint, save_checkpoint
+from okd.engine.config import METHOD_OPTIONS, TrainConfig, config_from_mapping, diff_configs, to_plain
+from okd.engine.metrics import ErrorMeter, summarise_errors
+from okd.engine.progress import progress
+from okd.engine.rundir import RunDir
+from okd.engine.schedule import learning_rate
+from okd.errors import OKDUserError
+from okd.methods import DatasetInfo, OKDMethod, build_method
+from okd.models import count_macs, count_params, create_backbone
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM arrived; last.pt holds the exact position to resume from."""
+
+    def __init__(self, signum: int, epoch: int, step: int, out: Path) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}")
+        self.signum, self.epoch, self.step, self.out = signum, epoch, step, out
+
+
+class NonFiniteLoss(OKDUserError):
+    """A loss term became NaN/inf; the last good checkpoint is kept."""
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise OKDUserError("--device cuda requested but no CUDA device is available (use --device cpu)")
+        if name == "cuda":
+            return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    """A distinct, reproducible RNG seed for every step of every rank."""
+    return (seed * 1_000_003 + epoch * 100_003 + step * 1_009 + rank * 7) % (2**63 - 1)
+
+
+def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist.DistInfo) -> tuple[DataSpec, Any, Any, OKDMethod]:
+    """Data loaders and the method for a resolved config (shared by train and eval)."""
+    channels_last = bool(cfg.channels_last) if cfg.channels_last is not None else device.type == "cuda"
+    data_cfg = DataConfig(
+        dataset=cfg.dataset,
+        data_dir=cfg.data,
+        download=cfg.download,
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size,
+        device=str(device),
+        seed=cfg.seed,
+        workers=cfg.workers,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        channels_last=channels_last,
+        synthetic_train=cfg.synthetic_train,
+        synthetic_test=cfg.synthetic_test,
+        synthetic_classes=cfg.synthetic_classes,
+        synthetic_size=cfg.synthetic_size,
+    )
+    spec, train_loader, eval_loader = build_data(data_cfg)
+    options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
+    info = DatasetInfo(num_train=spec.num_train, num_classes=spec.num_classes, train_targets=spec.train_targets)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+        method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    return spec, train_loader, eval_loader, method
+
+
+def autocast(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def evaluate(method: OKDMethod, forward: nn.Module, loader, device: torch.device, amp: bool = False, limit: int | None = None) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 error of every peer, the peer mean, the deployed peer and the ensemble."""
+    was_training = forward.training
+    forward.eval()
+    heads = [f"peer{i}" for i in range(method.num_peers)] + ["ensemble"]
+    meter = ErrorMeter(heads, device)
+    for i, batch in enumerate(loader):
+        if limit is not None and i >= limit:
+            break
+        with autocast(device, amp):
+            output = forward(batch.images)
+        logits = [z.float() for z in output.logits] + [method.ensemble_logits(output).float()]
+        meter.update(logits, batch.targets)
+    forward.train(was_training)
+    return summarise_errors(meter.errors(), method.num_peers, method.deployed_peer)
+
+
+@dataclass
+class _EpochSums:
+    """Loss sums of the current epoch, kept on the device; read once at the end of the epoch."""
+
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+    def add(self, losses: dict[str, torch.Tensor], total: torch.Tensor, images: int) -> None:
+        for name, value in {**losses, "total": total}.items():
+            value = value.detach().float()
+            self.terms[name] = self.terms[name] + value if name in self.terms else value.clone()
+        self.steps += 1
+        self.images += images
+
+    def means(self) -> dict[str, float]:
+        return {name: float(v.item()) / max(self.steps, 1) for name, v in self.terms.items()}
+
+    def state(self) -> dict[str, Any]:
+        return {"terms": {k: v.cpu() for k, v in self.terms.items()}, "steps": self.steps, "images": self.images, "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> _EpochSums:
+        return cls({k: v.to(device) for k, v in state["terms"].items()}, state["steps"], state["images"], state["seconds"])
+
+
+class _StopSignals:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (finish the step, then save)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading_is_main():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.received = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> None:
+        self.cfg = cfg
+        self.run = RunDir(out)
+        self.resume = resume
+        self.overwrite = overwrite
+        self.quiet = quiet
+        self.dist = okd_dist.current()
+        self.is_main = self.dist.is_main
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _load_resume_state(self) -> dict[str, Any] | None:
+        if not self.resume:
+            return None
+        state = load_checkpoint(self.run.last)
+        previous = config_from_mapping(state["config"])
+        changed = diff_configs(previous, self.cfg)
+        if changed:
+            detail = ", ".join(f"{k}: {getattr(previous, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            raise OKDUserError(
+                f"--resume: {self.run.path} holds a run with another config ({detail}); only --epochs may grow. "
+                "Use a new --out folder, or --overwrite to replace the run"
+            )
+        if self.cfg.epochs < state["epoch"]:
+            raise OKDUserError(f"--resume: the run already finished {state['epoch']} epochs; --epochs {self.cfg.epochs} is fewer")
+        return state
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if self.is_main:
+            self.run.prepare(resume=self.resume, overwrite=self.overwrite)
+        okd_dist.barrier()
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        resume_state = self._load_resume_state()
+        self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        model: nn.Module = self.method
+        if self.dist.enabled:
+            if cfg.sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self.method = model  # type: ignore[assignment]
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
+            )
+        self.ddp_model = model
+        self.forward = torch.compile(model) if cfg.compile else model
+        use_fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.SGD(
+            self.method.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.wd,
+            **({"fused": True} if use_fused else {"foreach": True}),
+        )
+        self.start_epoch, self.start_step = 0, 0
+        self.best: dict[str, Any] = {}
+        self.partial: dict[str, Any] | None = None
+        self.metrics_records = 0
+        if resume_state is not None:
+            self._restore(resume_state)
+        if self.is_main:
+            self.run.write_config(to_plain(cfg))
+        self.steps_per_epoch = len(self.train_loader)
+        if cfg.limit_batches is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.limit_batches)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.method.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise OKDUserError(f"cannot resume from {self.run.last}: it does not match this model ({str(exc).splitlines()[0][:200]})") from None
+        self.start_epoch, self.start_step = state["epoch"], state["step"]
+        self.best = state.get("best", {})
+        self.partial = state.get("partial")
+        self.metrics_records = state.get("metrics_records", 0)
+        if self.is_main:
+            self.run.truncate_metrics(self.metrics_records)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _state(self, epoch: int, step: int, partial: _EpochSums | None) -> dict[str, Any]:
+        return {
+            "config": to_plain(self.cfg),
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": epoch,  # epochs fully done (resume starts this epoch)
+            "step": step,  # steps already done inside that epoch
+            "partial": partial.state() if partial is not None else None,
+            "best": self.best,
+            "metrics_records": self.metrics_records,
+            "torch_version": torch.__version__,
+        }
+
+    def _save(self, path: Path, epoch: int, step: int, partial: _EpochSums | None = None) -> None:
+        if self.is_main:
+            save_checkpoint(path, self._state(epoch, step, partial))
+
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        self.setup()
+        cfg = self.cfg
+        if self.is_main:
+            self._log(self._banner())
+        with _StopSignals() as stop:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                start_step = self.start_step if epoch == self.start_epoch else 0
+                sums = _EpochSums.from_state(self.partial, self.device) if (self.partial and start_step) else _EpochSums()
+                self._train_epoch(epoch, start_step, sums, stop)
+                test = evaluate(self.method, self.forward, self.eval_loader, self.device, self.amp, cfg.limit_batches)
+                self._end_epoch(epoch, sums, test)
+        summary = self._summary(finished=True)
+        if self.is_main:
+            self.run.write_summary(summary)
+        return summary
+
+    def _train_epoch(self, epoch: int, start_step: int, sums: _EpochSums, stop: _StopSignals) -> None:
+        cfg = self.cfg
+        lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.lr_schedule, cfg.milestones, cfg.lr_gamma)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.forward.train()
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        began = time.perf_counter()
+        bar = progress(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=self.quiet or not self.is_main)
+        losses: dict[str, torch.Tensor] = {}
+        for step, batch in enumerate(self.train_loader.epoch(epoch, start_step), start=start_step):
+            if step >= self.steps_per_epoch:
+                break
+            torch.manual_seed(step_seed(cfg.seed, epoch, step, self.dist.rank))
+            with autocast(self.device, self.amp):
+                output = self.forward(batch.images)
+                losses = self.method.losses(output, batch, epoch)
+            total = sum(losses.values())
+            finite = torch.isfinite(total)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if cfg.nan_policy == "skip-step" and not bool(finite):  # one host sync per step, by request
+                self._log(f"skipped step {step} of epoch {epoch + 1}: non-finite loss ({self._bad_terms(losses)})")
+                continue
+            self.optimizer.step()
+            self.method.after_step(output, batch)
+            first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=self.device), first_bad)
+            sums.add(losses, total, batch.images.shape[0])
+            bar.update(1)
+            if (step + 1) % cfg.log_interval == 0 or step + 1 == self.steps_per_epoch:
+                self._check_finite(first_bad, losses, epoch)
+                bar.set_postfix(loss=f"{sums.terms['total'].item() / max(sums.steps, 1):.4f}")
+            if stop.received is not None:
+                self._check_finite(first_bad, losses, epoch)
+                sums.seconds += time.perf_counter() - began
+                self._save(self.run.last, epoch, step + 1, sums)
+                bar.close()
+                raise TrainingInterrupted(stop.received, epoch, step + 1, self.run.path)
+        bar.close()
+        self._check_finite(first_bad, losses, epoch)
+        sums.seconds += time.perf_counter() - began
+
+    def _bad_terms(self, losses: dict[str, torch.Tensor]) -> str:
+        bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
+        return ", ".join(bad) or "total"
+
+    def _check_finite(self, first_bad: torch.Tensor, losses: dict[str, torch.Tensor], epoch: int) -> None:
+        step = int(first_bad.item())
+        if step >= 0:
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {epoch + 1}, step {step} (term: {self._bad_terms(losses)}); "
+                f"stopped, the last good checkpoint is {self.run.last} (try a lower --lr, or --nan-policy skip-step)"
+            )
+
+    def _end_epoch(self, epoch: int, sums: _EpochSums, test: dict[str, dict[str, float]]) -> None:
+        train = sums.means()
+        record = {
+            "epoch": epoch + 1,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train": train,
+            "train_images_per_s": sums.images * self.dist.world_size / max(sums.seconds, 1e-9),
+            "train_seconds": sums.seconds,
+            "test": test,
+        }
+        improved = self._update_best(epoch, test)
+        self.metrics_records += 1
+        if self.is_main:
+            self.run.append_metrics(record)
+            self._log(
+                f"epoch {epoch + 1}/{self.cfg.epochs}  loss {train['total']:.4f}  "
+                f"test top-1 error: deployed {test['deployed']['top1']:.2f}  peer mean {test['peer_mean']['top1']:.2f}  "
+                f"ensemble {test['ensemble']['top1']:.2f}  ({record['train_images_per_s']:.0f} img/s)"
+            )
+        self._save(self.run.last, epoch + 1, 0)
+        if improved:
+            self._save(self.run.best, epoch + 1, 0)
+        if self.is_main:
+            self.run.write_summary(self._summary(finished=False, last=record))
+
+    def _update_best(self, epoch: int, test: dict[str, dict[str, float]]) -> bool:
+        improved = False
+        for head in ("deployed", "peer_mean", "ensemble"):
+            value = test[head]["top1"]
+            if head not in self.best or value < self.best[head]["top1"]:
+                self.best[head] = {"top1": value, "top5": test[head]["top5"], "epoch": epoch + 1}
+                improved |= head == "deployed"
+        return improved
+
+    # -- reporting ----------------------------------------------------------------------------
+    def _summary(self, finished: bool, last: dict[str, Any] | None = None) -> dict[str, Any]:
+        from okd.engine.rundir import read_metrics
+
+        if last is None:
+            records = read_metrics(self.run.metrics)
+            last = records[-1] if records else None
+        single = create_backbone(self.cfg.arch, self.spec.num_classes)
+        return {
+            "finished": finished and last is not None and last["epoch"] == self.cfg.epochs,
+            "method": self.cfg.method,
+            "arch": self.cfg.arch,
+            "dataset": self.cfg.dataset,
+            "num_peers": self.cfg.num_peers,
+            "seed": self.cfg.seed,
+            "epochs": self.cfg.epochs,
+            "epochs_done": last["epoch"] if last else 0,
+            "deployed_peer": self.method.deployed_peer,
+            "params": {"deployed": count_params(single), "training": count_params(self.method)},
+            "macs_per_image": count_macs(single, self.spec.input_size),
+            "last": last["test"] if last else None,
+            "best": self.best,
+            "config": to_plain(self.cfg),
+        }
+
+    def _banner(self) -> str:
+        cfg = self.cfg
+        return (
+            f"okd train: {cfg.method} on {cfg.arch} x{cfg.num_peers} ({cfg.dataset}, {self.spec.num_train} train / "
+            f"{self.spec.num_test} test images), {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, "
+            f"device {self.device}{' x' + str(self.dist.world_size) if self.dist.enabled else ''}; run folder {self.run.path}"
+        )
+
+    def _log(self, line: str) -> None:
+        if not self.is_main:
+            return
+        self.run.append_log(line)
+        if not self.quiet:
+            progress.write(line)
