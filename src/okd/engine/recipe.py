@@ -67,7 +67,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "lr", "num_peers", "log_interval"):
         check_positive(name, getattr(cfg, name))
-    for name in ("wd", "momentum", "workers"):
+    for name in ("wd", "momentum", "workers", "seed"):
         check_positive(name, getattr(cfg, name), strict=False)
     for name in ("kd_t", "nce_k", "nce_t", "feat_dim"):
         check_positive(name, getattr(cfg, name))

@@ -9,8 +9,8 @@ would (bit-identical on CPU).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from okd.engine.metrics import ErrorMeter, summarise_errors
 from okd.engine.progress import progress
 from okd.engine.rundir import RunDir
 from okd.engine.schedule import learning_rate
+from okd.engine.tensorboard import TensorBoardLogger
 from okd.errors import OKDUserError
 from okd.methods import DatasetInfo, OKDMethod, build_method
 from okd.models import count_macs, count_params, create_backbone
@@ -90,6 +91,19 @@ def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist
     if channels_last:
         method.to(memory_format=torch.channels_last)
     return spec, train_loader, eval_loader, method
+
+
+def memory_usage(device: torch.device) -> dict[str, float]:
+    """Resident memory now (MB) and, on CUDA, peak allocated memory: a leak shows across epochs."""
+    usage: dict[str, float] = {}
+    try:
+        with open("/proc/self/statm") as handle:
+            usage["rss_mb"] = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        pass
+    if device.type == "cuda":
+        usage["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return usage
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -242,6 +256,7 @@ class Trainer:
             self._restore(resume_state)
         if self.is_main:
             self.run.write_config(to_plain(cfg))
+        self.tensorboard = TensorBoardLogger(self.run.path) if (cfg.tensorboard and self.is_main) else None
         self.steps_per_epoch = len(self.train_loader)
         if cfg.limit_batches is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.limit_batches)
@@ -293,6 +308,8 @@ class Trainer:
         summary = self._summary(finished=True)
         if self.is_main:
             self.run.write_summary(summary)
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         return summary
 
     def _train_epoch(self, epoch: int, start_step: int, sums: _EpochSums, stop: _StopSignals) -> None:
@@ -358,11 +375,14 @@ class Trainer:
             "train_images_per_s": sums.images * self.dist.world_size / max(sums.seconds, 1e-9),
             "train_seconds": sums.seconds,
             "test": test,
+            **memory_usage(self.device),
         }
         improved = self._update_best(epoch, test)
         self.metrics_records += 1
         if self.is_main:
             self.run.append_metrics(record)
+            if self.tensorboard is not None:
+                self.tensorboard.log_epoch(record)
             self._log(
                 f"epoch {epoch + 1}/{self.cfg.epochs}  loss {train['total']:.4f}  "
                 f"test top-1 error: deployed {test['deployed']['top1']:.2f}  peer mean {test['peer_mean']['top1']:.2f}  "
