@@ -1,0 +1,223 @@
+"""ImageNet-style folders (``<root>/train/<class>/*.JPEG``, ``<root>/val/<class>/*.JPEG``).
+
+Decoding and the reference's per-image transforms run in DataLoader workers (torchvision
+ImageFolder + PIL); workers hand back uint8 tensors, and the float conversion and normalisation
+happen batched on the training device (4x less to copy than float32). Order and rank slicing
+come from the same EpochPlan as the in-memory datasets; each sample's random crop and flip come
+from a generator seeded by (seed, epoch, index), so runs are deterministic and resumable (the
+per-sample draws do not depend on the world size either, though they differ from a global draw).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from okd.data.batch import Batch
+from okd.data.config import DataConfig, DataSpec
+from okd.data.sampling import EpochPlan, cpu_generator, even_split
+from okd.errors import OKDUserError
+
+INPUT_SIZE = 224
+RESIZE = 256
+LAYOUT = "expected {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG (the ImageFolder layout)"
+
+
+def resized_crop_params(width: int, height: int, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a RandomResizedCrop window, drawn from ``generator``.
+
+    The documented torchvision algorithm: up to 10 tries of an area fraction in ``scale`` and a
+    log-uniform aspect ratio in ``ratio``; otherwise the whole image clipped to ``ratio``, centred.
+    """
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        draws = torch.rand(2, generator=generator, dtype=torch.float64).tolist()
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * draws[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * draws[1])
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class TrainFolder(Dataset):
+    """Items are addressed by (index, epoch): RandomResizedCrop(224) + flip seeded per sample."""
+
+    def __init__(self, folder: Any, seed: int) -> None:
+        self.folder, self.seed = folder, seed
+
+    def __len__(self) -> int:
+        return len(self.folder.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        index, epoch = key
+        path, label = self.folder.samples[index]
+        image = self.folder.loader(path)
+        generator = cpu_generator("okd.imagenet", self.seed, epoch, index)
+        top, left, h, w = resized_crop_params(*image.size, generator)
+        image = TF.resized_crop(image, top, left, h, w, [INPUT_SIZE, INPUT_SIZE], InterpolationMode.BILINEAR, antialias=True)
+        if float(torch.rand(1, generator=generator)) < 0.5:
+            image = TF.hflip(image)
+        return TF.pil_to_tensor(image), label, index
+
+
+class EvalFolder(Dataset):
+    """Samples ``[start, stop)`` of the val folder: Resize(256) + CenterCrop(224), no randomness."""
+
+    def __init__(self, folder: Any, start: int, stop: int) -> None:
+        self.folder, self.start, self.stop = folder, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as TF
+
+        index = self.start + position
+        path, label = self.folder.samples[index]
+        image = TF.resize(self.folder.loader(path), RESIZE, InterpolationMode.BILINEAR, antialias=True)
+        image = TF.center_crop(image, [INPUT_SIZE, INPUT_SIZE])
+        return TF.pil_to_tensor(image), label, index
+
+
+class PlanBatchSampler:
+    """This rank's slice of every global batch from ``start_step`` on, as (index, epoch) keys."""
+
+    def __init__(self, plan: EpochPlan) -> None:
+        self.plan = plan
+        self.epoch = 0
+        self.start_step = 0
+
+    def __len__(self) -> int:
+        return self.plan.steps - self.start_step
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self.plan.permutation(self.epoch)
+        for step in range(self.start_step, self.plan.steps):
+            start, stop = self.plan.bounds(step)
+            lo, hi = self.plan.rank_bounds(stop - start)
+            yield [(index, self.epoch) for index in order[start + lo : start + hi].tolist()]
+
+
+def _loader_options(cfg: DataConfig, device: torch.device) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda"}
+    if cfg.workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=4)
+    return options
+
+
+def _to_batch(item: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device, normalizer: Normalizer, channels_last: bool) -> Batch:
+    images, targets, indices = (t.to(device, non_blocking=True) for t in item)
+    return Batch(normalizer(images, channels_last), targets.to(torch.int64), indices.to(torch.int64))
+
+
+class FolderTrainLoader:
+    """The TrainLoader for ImageNet folders: one persistent DataLoader re-aimed at each epoch."""
+
+    def __init__(self, dataset: TrainFolder, plan: EpochPlan, cfg: DataConfig, device: torch.device) -> None:
+        self.plan, self.device, self.channels_last = plan, device, cfg.channels_last
+        self.normalizer = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+        self.sampler = PlanBatchSampler(plan)
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, **_loader_options(cfg, device))
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """This rank's batches ``start_step..`` of ``epoch``; skipped batches are never decoded."""
+        self.plan.check_start(start_step)
+        return self._iterate(epoch, start_step)
+
+    def _iterate(self, epoch: int, start_step: int) -> Iterator[Batch]:
+        self.sampler.epoch, self.sampler.start_step = epoch, start_step
+        for item in self.loader:
+            yield _to_batch(item, self.device, self.normalizer, self.channels_last)
+
+
+class FolderEvalLoader:
+    """The EvalLoader for ImageNet folders: this rank's contiguous shard of val/, in order."""
+
+    def __init__(self, dataset: EvalFolder, batch_size: int, cfg: DataConfig, device: torch.device) -> None:
+        self.device, self.channels_last = device, cfg.channels_last
+        self.normalizer = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_options(cfg, device))
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for item in self.loader:
+            yield _to_batch(item, self.device, self.normalizer, self.channels_last)
+
+
+def open_folders(root: Path) -> tuple[Any, Any]:
+    """ImageFolders for train/ and val/, with val labelled by train's class list (checked equal)."""
+    from torchvision.datasets import ImageFolder
+
+    layout = LAYOUT.format(root=root)
+    train_dir, val_dir = root / "train", root / "val"
+    for folder in (train_dir, val_dir):
+        if not folder.is_dir():
+            raise OKDUserError(f"no ImageNet found at {root}: {folder} is missing; {layout}")
+    classes = sorted(entry.name for entry in train_dir.iterdir() if entry.is_dir())
+    val_classes = sorted(entry.name for entry in val_dir.iterdir() if entry.is_dir())
+    if not classes:
+        raise OKDUserError(f"{train_dir} has no class folders; {layout}")
+    if val_classes != classes:
+        missing = sorted(set(classes) - set(val_classes))
+        extra = sorted(set(val_classes) - set(classes))
+        detail = "; ".join(part for part in (_listing("missing from val", missing), _listing("not in train", extra)) if part)
+        raise OKDUserError(f"{val_dir} and {train_dir} have different class folders ({detail}); both must hold the same classes")
+
+    class _Folder(ImageFolder):  # the class list is fixed by train/, for val too
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            return classes, {name: i for i, name in enumerate(classes)}
+
+    try:
+        return _Folder(str(train_dir)), _Folder(str(val_dir))
+    except (FileNotFoundError, OSError) as exc:
+        raise OKDUserError(f"cannot read ImageNet folders under {root}: {' '.join(str(exc).split())}; {layout}") from None
+
+
+def _listing(label: str, names: list[str]) -> str:
+    if not names:
+        return ""
+    shown = ", ".join(names[:5]) + (f", … ({len(names)} in all)" if len(names) > 5 else "")
+    return f"{label}: {shown}"
+
+
+def build_imagenet(cfg: DataConfig, data_dir: str | Path, device: torch.device) -> tuple[DataSpec, FolderTrainLoader, FolderEvalLoader]:
+    """Spec and loaders for an ImageNet-style folder tree at ``data_dir``."""
+    root = Path(data_dir).expanduser()
+    train, val = open_folders(root)
+    targets = torch.tensor(train.targets, dtype=torch.int64)
+    spec = DataSpec("imagenet", len(train.classes), len(train.samples), len(val.samples), INPUT_SIZE, targets)
+    plan = EpochPlan(spec.num_train, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed)
+    start, stop = even_split(spec.num_test, cfg.world_size, cfg.rank)
+    eval_batch = -(-cfg.eval_batch_size // cfg.world_size)
+    return (
+        spec,
+        FolderTrainLoader(TrainFolder(train, cfg.seed), plan, cfg, device),
+        FolderEvalLoader(EvalFolder(val, start, stop), eval_batch, cfg, device),
+    )
