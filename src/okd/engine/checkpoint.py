@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -69,12 +70,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise OKDUserError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise OKDUserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint (expected a file written by `okd train`)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "unsupported content"
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
         raise OKDUserError(
-            f"refusing to load {path}: it holds objects other than tensors and plain data, which could run code ({first[:200]})"
+            f"refusing to load {path}: it holds objects other than tensors and plain data{what}, which could run code"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise OKDUserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint: {str(exc).splitlines()[0][:200]}") from None

@@ -5,6 +5,7 @@ The recipe only fills values the user left unset, so every number stays overrida
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 from okd.data import DATASETS
@@ -88,7 +89,7 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
         raise OKDUserError(f"--lr-schedule must be cosine, multistep or constant, got {cfg.lr_schedule!r}")
     if cfg.nan_policy not in ("stop", "skip-step"):
         raise OKDUserError(f"--nan-policy must be stop or skip-step, got {cfg.nan_policy!r}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+    if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", cfg.device):
         raise OKDUserError(f"--device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     if cfg.dataset in ("cifar100", "imagenet") and cfg.data is None and not cfg.download:
         raise OKDUserError(f"--data is required for --dataset {cfg.dataset} (or pass --download with --data DIR for CIFAR-100)")

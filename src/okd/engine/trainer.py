@@ -285,7 +285,7 @@ class Trainer:
             "partial": partial.state() if partial is not None else None,
             "best": self.best,
             "metrics_records": self.metrics_records,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     def _save(self, path: Path, epoch: int, step: int, partial: _EpochSums | None = None) -> None:
