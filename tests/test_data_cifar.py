@@ -184,3 +184,25 @@ def test_build_data_cifar(tmp_path):
     plain = (train_x - torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR100_STD).view(1, 3, 1, 1)
     changed = [not torch.allclose(img, plain[i], atol=1e-5) for b in batches for i, img in zip(b.indices.tolist(), b.images)]
     assert sum(changed) > 30
+
+
+def test_errors_inside_the_archive_name_the_member(tmp_path):
+    import io
+    import tarfile
+
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    split = cifar_split(4, 0, "training")
+    members = {"train": python3_pickle({**split, "data": split["data"][:, :100]}), "test": b"junk", "meta": b"junk"}
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(f"cifar-100-python/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(OKDUserError, match=f"cannot read CIFAR-100 file {archive}:cifar-100-python/test"):
+        load_cifar100(tmp_path)
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-100-python/train")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    with pytest.raises(OKDUserError, match=f"{archive} has no cifar-100-python/test"):
+        load_cifar100(archive)

@@ -105,3 +105,12 @@ def test_layout_errors(tmp_path, tree):
     (broken / "val" / "n00000002").mkdir()  # same classes, but an empty one
     with pytest.raises(OKDUserError, match="cannot read ImageNet folders"):
         build_data(config(broken))
+
+
+def test_datasets_pickle_for_spawned_workers(tree):
+    import pickle
+
+    _, train, test = build_data(config(tree))
+    for dataset in (train.loader.dataset, test.loader.dataset):
+        clone = pickle.loads(pickle.dumps(dataset))
+        assert clone.folder.classes == ["n00000000", "n00000001", "n00000002"]

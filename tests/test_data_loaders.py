@@ -121,12 +121,11 @@ def test_tiny_tail_is_merged_rather_than_leaving_a_rank_empty():
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_eval_shards_cover_the_test_set_once(world_size):
-    cfg = synthetic(world_size=world_size, batch_size=30)
     loaders = [build_data(synthetic(world_size=world_size, rank=r, batch_size=30))[2] for r in range(world_size)]
     batches = [b for loader in loaders for b in loader]
     assert sum(len(loader) for loader in loaders) == len(batches)
     assert torch.equal(torch.cat([b.indices for b in batches]), torch.arange(50))
-    whole = list(build_data(cfg.__class__(**{**cfg.__dict__, "world_size": 1, "rank": 0}))[2])
+    whole = list(build_data(synthetic(batch_size=30))[2])
     assert torch.equal(torch.cat([b.images for b in batches]), torch.cat([b.images for b in whole]))
     assert torch.equal(torch.cat([b.targets for b in batches]), torch.cat([b.targets for b in whole]))
 
@@ -190,3 +189,24 @@ def test_helpers():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
     assert [even_split(10, 3, r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
     assert [even_split(2, 4, r) for r in range(4)] == [(0, 1), (1, 2), (2, 2), (2, 2)]
+
+
+def test_epoch_plan_partitions_every_epoch_for_many_shapes():
+    for num_items in (1, 2, 7, 33, 64, 65, 100):
+        for world_size in (1, 2, 3, 4, 8):
+            for per_rank in (1, 3, 8):
+                batch = per_rank * world_size
+                plans = [EpochPlan(num_items, batch, world_size, rank, seed=1) for rank in range(world_size)]
+                order = plans[0].permutation(0)
+                seen = []
+                for step in range(plans[0].steps):
+                    start, stop = plans[0].bounds(step)
+                    sizes = []
+                    for plan in plans:
+                        lo, hi = plan.rank_bounds(stop - start)
+                        sizes.append(hi - lo)
+                        seen += order[start + lo : start + hi].tolist()
+                    assert max(sizes) - min(sizes) <= 1
+                    assert min(sizes) > 0 or num_items < world_size
+                assert sorted(seen) == list(range(num_items))
+                assert plans[0].steps in (-(-num_items // batch), -(-num_items // batch) - 1)

@@ -38,18 +38,17 @@ def load_cifar100(data_dir: str | Path, download: bool = False) -> CifarArrays:
     if source is None:
         raise OKDUserError(f"no CIFAR-100 found at {root}: {EXPECTED}; pass --download to fetch it")
     raw = read_members(source)
-    meta = _as_dict(raw["meta"], f"{source}/meta")
+    meta = _as_dict(raw["meta"], _where(source, "meta"))
     names = meta.get("fine_label_names")
     if not isinstance(names, list) or len(names) != 100:
-        raise OKDUserError(f"{source}/meta is not CIFAR-100 metadata: expected 'fine_label_names' listing 100 classes")
-    train_x, train_y = _images_and_labels(raw["train"], f"{source}/train")
-    test_x, test_y = _images_and_labels(raw["test"], f"{source}/test")
+        raise OKDUserError(f"{_where(source, 'meta')} is not CIFAR-100 metadata: expected 'fine_label_names' listing 100 classes")
+    train_x, train_y = _images_and_labels(raw["train"], _where(source, "train"))
+    test_x, test_y = _images_and_labels(raw["test"], _where(source, "test"))
     return train_x, train_y, test_x, test_y
 
 
 def find_cifar100(root: Path) -> Path | None:
     """The unpacked folder or the archive that ``root`` designates, or None if there is neither."""
-    candidates: list[Path] = []
     if root.is_file():
         return root
     if root.is_dir():
@@ -97,7 +96,7 @@ def read_members(source: Path) -> dict[str, Any]:
         try:
             out[member] = safe_loads(blob)
         except Exception as exc:
-            raise OKDUserError(f"cannot read CIFAR-100 file {source}:{FOLDER}/{member}: {_reason(exc)}; {EXPECTED}") from None
+            raise OKDUserError(f"cannot read CIFAR-100 file {_where(source, member)}: {_reason(exc)}; {EXPECTED}") from None
     return out
 
 
@@ -110,6 +109,11 @@ def fetch_cifar100(root: Path) -> None:
         download_and_extract_archive(URL, download_root=str(root), filename=ARCHIVE, md5=MD5)
     except Exception as exc:
         raise OKDUserError(f"could not download CIFAR-100 from {URL} into {root}: {_reason(exc)}") from None
+
+
+def _where(source: Path, member: str) -> str:
+    """How to name a member in messages: a path in a folder, ``archive:folder/member`` in an archive."""
+    return str(source / member) if source.is_dir() else f"{source}:{FOLDER}/{member}"
 
 
 def _reason(exc: BaseException) -> str:

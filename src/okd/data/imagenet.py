@@ -17,6 +17,9 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
 
 from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from okd.data.batch import Batch
@@ -60,16 +63,13 @@ def resized_crop_params(width: int, height: int, generator: torch.Generator, sca
 class TrainFolder(Dataset):
     """Items are addressed by (index, epoch): RandomResizedCrop(224) + flip seeded per sample."""
 
-    def __init__(self, folder: Any, seed: int) -> None:
+    def __init__(self, folder: ImageFolder, seed: int) -> None:
         self.folder, self.seed = folder, seed
 
     def __len__(self) -> int:
         return len(self.folder.samples)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as TF
-
         index, epoch = key
         path, label = self.folder.samples[index]
         image = self.folder.loader(path)
@@ -84,16 +84,13 @@ class TrainFolder(Dataset):
 class EvalFolder(Dataset):
     """Samples ``[start, stop)`` of the val folder: Resize(256) + CenterCrop(224), no randomness."""
 
-    def __init__(self, folder: Any, start: int, stop: int) -> None:
+    def __init__(self, folder: ImageFolder, start: int, stop: int) -> None:
         self.folder, self.start, self.stop = folder, start, stop
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as TF
-
         index = self.start + position
         path, label = self.folder.samples[index]
         image = TF.resize(self.folder.loader(path), RESIZE, InterpolationMode.BILINEAR, antialias=True)
@@ -171,10 +168,22 @@ class FolderEvalLoader:
             yield _to_batch(item, self.device, self.normalizer, self.channels_last)
 
 
-def open_folders(root: Path) -> tuple[Any, Any]:
-    """ImageFolders for train/ and val/, with val labelled by train's class list (checked equal)."""
-    from torchvision.datasets import ImageFolder
+class FixedClassFolder(ImageFolder):
+    """An ImageFolder whose class list is given (train/'s), so val/ gets the same label numbers.
 
+    Defined at module level so DataLoader workers can receive it under spawn/forkserver too.
+    """
+
+    def __init__(self, root: str, classes: list[str]) -> None:
+        self.fixed_classes = list(classes)
+        super().__init__(root)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self.fixed_classes, {name: i for i, name in enumerate(self.fixed_classes)}
+
+
+def open_folders(root: Path) -> tuple[FixedClassFolder, FixedClassFolder]:
+    """ImageFolders for train/ and val/, with val labelled by train's class list (checked equal)."""
     layout = LAYOUT.format(root=root)
     train_dir, val_dir = root / "train", root / "val"
     for folder in (train_dir, val_dir):
@@ -190,12 +199,8 @@ def open_folders(root: Path) -> tuple[Any, Any]:
         detail = "; ".join(part for part in (_listing("missing from val", missing), _listing("not in train", extra)) if part)
         raise OKDUserError(f"{val_dir} and {train_dir} have different class folders ({detail}); both must hold the same classes")
 
-    class _Folder(ImageFolder):  # the class list is fixed by train/, for val too
-        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-            return classes, {name: i for i, name in enumerate(classes)}
-
     try:
-        return _Folder(str(train_dir)), _Folder(str(val_dir))
+        return FixedClassFolder(str(train_dir), classes), FixedClassFolder(str(val_dir), classes)
     except (FileNotFoundError, OSError) as exc:
         raise OKDUserError(f"cannot read ImageNet folders under {root}: {' '.join(str(exc).split())}; {layout}") from None
 

@@ -95,7 +95,7 @@ class TensorTrainLoader:
             if flips is not None:
                 columns.append(flips[lo:hi, None])
             packed = to_device(torch.cat(columns, dim=1), self.device)
-            indices = packed[:, 0]
+            indices = packed[:, 0].contiguous()  # contiguous: DDP collectives need it
             column = 1
             dev_offsets = dev_flips = None
             if offsets is not None:
