@@ -16,6 +16,7 @@ class _Progress:
     @staticmethod
     def write(line: str) -> None:
         tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
 
 
 progress = _Progress()

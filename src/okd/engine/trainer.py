@@ -229,6 +229,8 @@ class Trainer:
         resume_state = self._load_resume_state()
         self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist)
         self.amp = cfg.amp and self.device.type == "cuda"
+        single = create_backbone(cfg.arch, self.spec.num_classes)
+        self.sizes = (count_params(single), count_params(self.method), count_macs(single, self.spec.input_size))
         model: nn.Module = self.method
         if self.dist.enabled:
             if cfg.sync_bn:
@@ -410,7 +412,7 @@ class Trainer:
         if last is None:
             records = read_metrics(self.run.metrics)
             last = records[-1] if records else None
-        single = create_backbone(self.cfg.arch, self.spec.num_classes)
+        deployed_params, training_params, macs = self.sizes
         return {
             "finished": finished and last is not None and last["epoch"] == self.cfg.epochs,
             "method": self.cfg.method,
@@ -421,8 +423,8 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "epochs_done": last["epoch"] if last else 0,
             "deployed_peer": self.method.deployed_peer,
-            "params": {"deployed": count_params(single), "training": count_params(self.method)},
-            "macs_per_image": count_macs(single, self.spec.input_size),
+            "params": {"deployed": deployed_params, "training": training_params},
+            "macs_per_image": macs,
             "last": last["test"] if last else None,
             "best": self.best,
             "config": to_plain(self.cfg),
