@@ -13,6 +13,10 @@ SUBCOMMANDS = {
     "train": "okd.cli.train",
     "eval": "okd.cli.evaluate",
     "models": "okd.cli.models",
+    "report": "okd.cli.report",
+    "plot": "okd.cli.plot",
+    "export": "okd.cli.export",
+    "reproduce": "okd.cli.reproduce",
 }
 
 

@@ -1,0 +1,60 @@
+"""``okd report``: the paper's tables (Markdown, CSV or JSON) from finished run folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from okd.errors import OKDUserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="the paper's tables from run folders",
+                       description="Collect finished runs (summary.json) and print the paper's tables: top-1 error of the "
+                       "deployed peer and, in parentheses, of the method's ensemble. Unfinished runs are skipped.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders searched recursively for summary.json")
+    p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    p.add_argument("--dataset", help="only this dataset's runs (default: one set of tables per dataset found)")
+    p.add_argument("--table", action="append", choices=("main", "imagenet", "ablation"),
+                   help="only these tables (repeatable; default: main + ablation, or imagenet for ImageNet runs)")
+    p.add_argument("--epoch", choices=("last", "best"), default="last",
+                   help="last epoch (default) or best epoch per head (selected on the test set: optimistic)")
+    p.add_argument("--paper", action="store_true", help="show the original paper's figures and our difference")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the tables as a bar chart (needs okd[plot])")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from okd.report.collect import collect_runs
+    from okd.report.render import to_csv, to_json, to_markdown
+    from okd.report.tables import build_tables, consistency_warnings, dataset_order, unused_runs
+
+    collection = collect_runs(args.runs)
+    for path, why in collection.skipped:
+        print(f"okd report: skipped {path}: {why}", file=sys.stderr)
+    runs = collection.runs
+    if not runs:
+        raise OKDUserError(f"no finished runs in {' '.join(args.runs)} ({len(collection.skipped)} skipped)")
+    present = dataset_order({r.dataset for r in runs})
+    if args.dataset is not None and args.dataset not in present:
+        raise OKDUserError(f"no finished runs of dataset {args.dataset!r}; found: {', '.join(present)}")
+    datasets = [args.dataset] if args.dataset else present
+    kinds = tuple(dict.fromkeys(args.table)) if args.table else None
+    tables = build_tables(runs, datasets, kinds, args.epoch, args.paper)
+    for warning in consistency_warnings(tables):
+        print(f"okd report: note: {warning}", file=sys.stderr)
+    for extra in [] if args.table else unused_runs(tables, runs):
+        print(f"okd report: note: {extra.path} ({extra.method} {extra.arch} on {extra.dataset}) is in none of the tables",
+              file=sys.stderr)
+    if args.format == "csv":
+        sys.stdout.write(to_csv(tables))
+    elif args.format == "json":
+        print(to_json(tables, collection.skipped))
+    else:
+        print(to_markdown(tables), end="")
+    if args.plot:
+        from okd.report.plots import plot_tables
+
+        path = plot_tables(tables, args.plot)
+        print(f"okd report: wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,222 @@
+"""Deployable models from an okd checkpoint: one peer as the plain backbone, or the method's ensemble.
+
+A checkpoint holds the whole method (cohort, method heads, memory banks, optimiser). A user ships
+one peer: trunk + its branch is exactly the plain backbone (same names, loads strict into
+``create_backbone``), so the exported file needs no okd-specific module to run. The ensemble
+needs the whole cohort and the method's own ensemble rule (ONE: its gate), so it is exported
+as a traced graph (TorchScript or ONNX) only.
+
+Rebuilding a method needs no data: class count comes from the classifier's weight, and methods
+that size state by the training set (MCL-OKD's memory banks) get a small stand-in set; that state
+is training-only, is not loaded, and is emptied before export (a check proves the outputs unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from okd.errors import OKDUserError
+
+FORMATS = ("state_dict", "torchscript", "onnx")
+STATE_DICT_FORMAT = "okd-backbone-v1"
+_CLASSIFIER_KEY = "cohort.branches.0.fc.weight"
+
+
+@dataclass
+class Loaded:
+    method: Any  # okd.methods.OKDMethod, in eval mode, on the CPU
+    config: Any  # okd.engine.config.TrainConfig
+    epoch: int
+    num_classes: int
+    path: Path
+
+    @property
+    def input_size(self) -> int:
+        if self.config.dataset == "synthetic":
+            return int(self.config.synthetic_size)
+        return int(self.method.cohort.spec.input_size)
+
+
+def _stand_in_dataset(num_classes: int, nce_k: int | None) -> Any:
+    """A balanced label set just large enough for any per-class negative count the method checks."""
+    from okd.methods import DatasetInfo
+
+    per_class = math.ceil((nce_k or 1) / max(num_classes - 1, 1)) + 1
+    targets = torch.arange(num_classes * per_class) % num_classes
+    return DatasetInfo(num_train=targets.numel(), num_classes=num_classes, train_targets=targets)
+
+
+def load_method(path: str | Path) -> Loaded:
+    """The trained method of a checkpoint, on the CPU in eval mode, without touching the dataset."""
+    from okd.engine.checkpoint import load_checkpoint
+    from okd.engine.config import METHOD_OPTIONS, config_from_mapping
+    from okd.methods import build_method
+
+    state = load_checkpoint(path)
+    cfg = config_from_mapping(state["config"])
+    weights: dict[str, torch.Tensor] = state["model"]
+    if _CLASSIFIER_KEY not in weights:
+        raise OKDUserError(f"{path}: no classifier weight {_CLASSIFIER_KEY!r} in the checkpoint's model")
+    num_classes = int(weights[_CLASSIFIER_KEY].shape[0])
+    options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
+    torch.manual_seed(0)  # the weights are overwritten; keep construction deterministic anyway
+    method = build_method(cfg.method, cfg.arch, num_classes, cfg.num_peers, cfg.share,
+                          dataset=_stand_in_dataset(num_classes, cfg.nce_k), **options)
+    _load_weights(method, weights, path)
+    method.eval()
+    return Loaded(method, cfg, int(state.get("epoch", 0)), num_classes, Path(path))
+
+
+def _load_weights(method: nn.Module, weights: dict[str, torch.Tensor], path: str | Path) -> None:
+    """All parameters must match exactly; only buffers sized by the training set may differ (not loaded)."""
+    own = method.state_dict()
+    params = {name for name, _ in method.named_parameters()}
+    sized = {k for k, v in weights.items() if k in own and k not in params and own[k].shape != v.shape}
+    result = method.load_state_dict({k: v for k, v in weights.items() if k not in sized}, strict=False)
+    missing = set(result.missing_keys) - sized
+    if missing or result.unexpected_keys:
+        detail = ", ".join(sorted(missing)[:3] + sorted(result.unexpected_keys)[:3])
+        raise OKDUserError(f"{path} does not match its own config's model ({detail})")
+    for key in sized:  # training-only state of another size: never used for inference
+        owner, _, name = key.rpartition(".")
+        setattr(method.get_submodule(owner) if owner else method, name, torch.empty(0))
+
+
+def peer_index(method: Any, peer: str) -> int | None:
+    """"deployed" -> the method's deployed peer, "ensemble" -> None, "N" -> N (checked)."""
+    if peer == "deployed":
+        return int(method.deployed_peer)
+    if peer == "ensemble":
+        return None
+    try:
+        index = int(peer)
+    except ValueError:
+        raise OKDUserError(f"--peer must be deployed, ensemble or a peer index, got {peer!r}") from None
+    if not 0 <= index < method.num_peers:
+        raise OKDUserError(f"--peer {index}: the cohort has peers 0..{method.num_peers - 1}")
+    return index
+
+
+def peer_network(method: Any, index: int, num_classes: int) -> nn.Module:
+    """Trunk + branch ``index`` as the plain backbone, in eval mode."""
+    from okd.models import create_backbone
+
+    net = create_backbone(method.backbone_name, num_classes)
+    net.load_state_dict(method.cohort.peer_state_dict(index), strict=True)
+    return net.eval()
+
+
+class EnsembleNet(nn.Module):
+    """The whole cohort plus the method's heads; returns the method's own ensemble logits."""
+
+    def __init__(self, method: nn.Module) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.method.ensemble_logits(self.method(images))
+
+
+@torch.no_grad()
+def _prune_unused_buffers(net: EnsembleNet, example: torch.Tensor) -> None:
+    """Empty method-level buffers the ensemble does not read (memory banks, sampler indices)."""
+    reference = net(example)
+    for module_name, module in net.method.named_modules():
+        if module_name == "cohort" or module_name.startswith("cohort.") or isinstance(module, nn.modules.batchnorm._NormBase):
+            continue
+        for name, buffer in list(module._buffers.items()):
+            if buffer is None or buffer.numel() == 0:
+                continue
+            module._buffers[name] = buffer.new_empty(0)
+            try:
+                unchanged = torch.equal(net(example), reference)
+            except (RuntimeError, IndexError, ValueError):
+                unchanged = False
+            if not unchanged:
+                module._buffers[name] = buffer
+
+
+def normalisation(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The per-channel (mean, std) the training pipeline applied to images in [0, 1]."""
+    from okd.data import CIFAR100_MEAN, CIFAR100_STD, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, IMAGENET_STD
+    from okd.data.synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD
+
+    table = {"cifar100": (CIFAR100_MEAN, CIFAR100_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+             "digits": (DIGITS_MEAN, DIGITS_STD), "synthetic": (SYNTHETIC_MEAN, SYNTHETIC_STD)}
+    return table.get(dataset)
+
+
+def metadata(loaded: Loaded, peer: int | None) -> dict[str, Any]:
+    cfg = loaded.config
+    meta: dict[str, Any] = {
+        "format": STATE_DICT_FORMAT,
+        "arch": cfg.arch,
+        "num_classes": loaded.num_classes,
+        "input_size": loaded.input_size,
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "peer": "ensemble" if peer is None else peer,
+        "num_peers": int(loaded.method.num_peers),
+        "epoch": loaded.epoch,
+    }
+    norm = normalisation(cfg.dataset)
+    if norm is not None:
+        meta["input"] = "RGB float [B, 3, H, W]: (x / 255 - mean) / std"
+        meta["mean"], meta["std"] = list(norm[0]), list(norm[1])
+    return meta
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    meta: dict[str, Any]
+    max_abs_diff: float | None  # exported vs checkpoint logits on a random batch (None: no runtime to check)
+
+
+def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Path) -> ExportResult:
+    """Write one peer or the ensemble in ``fmt``, then check its logits against the checkpoint's."""
+    if fmt not in FORMATS:
+        raise OKDUserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    loaded = load_method(checkpoint)
+    index = peer_index(loaded.method, peer)
+    size = loaded.input_size
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if index is None:
+            if fmt == "state_dict":
+                raise OKDUserError("--peer ensemble needs --format torchscript or onnx: a plain state dict holds one network")
+            net: nn.Module = EnsembleNet(loaded.method).eval()
+            _prune_unused_buffers(net, example)
+            reference = net(example)
+        else:
+            net = peer_network(loaded.method, index, loaded.num_classes)
+            reference = loaded.method(example).logits[index]
+    meta = metadata(loaded, index)
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OKDUserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    from okd.report import export_formats
+
+    writer, runner = {"state_dict": (export_formats.save_state_dict, export_formats.run_state_dict),
+                      "torchscript": (export_formats.save_torchscript, export_formats.run_torchscript),
+                      "onnx": (export_formats.save_onnx, export_formats.run_onnx)}[fmt]
+    writer(net, example, meta, out)
+    produced = runner(out, example)
+    diff = None if produced is None else float((produced - reference).abs().max())
+    return ExportResult(out, meta, diff)
+
+
+def load_exported_backbone(path: str | Path) -> nn.Module:
+    """The plain backbone saved by ``--format state_dict`` (eval mode), opened with weights_only=True."""
+    from okd.report.export_formats import load_state_dict_file
+
+    return load_state_dict_file(path)[0]

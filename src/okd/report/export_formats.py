@@ -1,0 +1,107 @@
+"""Writers and readers of the three export formats; each reader re-runs the file for the export check."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from okd.errors import OKDUserError
+
+EXPORT_HINT = "pip install 'okd[export]'"
+
+
+def _write_error(out: Path, exc: OSError) -> OKDUserError:
+    return OKDUserError(f"cannot write {out}: {exc.strerror or exc}")
+
+
+# -- state dict: tensors + plain metadata, opened with weights_only=True ---------------------------
+def save_state_dict(net: nn.Module, _example: torch.Tensor, meta: dict[str, Any], out: Path) -> None:
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    try:
+        torch.save({"state_dict": state, "meta": meta}, out)
+    except OSError as exc:
+        raise _write_error(out, exc) from None
+
+
+def load_state_dict_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    from okd.models import create_backbone
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise OKDUserError(f"cannot read {path}: {str(exc).splitlines()[0][:200]}") from None
+    meta = blob.get("meta", {}) if isinstance(blob, dict) else {}
+    if meta.get("format") != "okd-backbone-v1":
+        raise OKDUserError(f"{path} is not a backbone exported by `okd export --format state_dict`")
+    net = create_backbone(meta["arch"], meta["num_classes"])
+    net.load_state_dict(blob["state_dict"], strict=True)
+    return net.eval(), meta
+
+
+@torch.no_grad()
+def run_state_dict(path: Path, example: torch.Tensor) -> torch.Tensor:
+    return load_state_dict_file(path)[0](example)
+
+
+# -- TorchScript: a traced graph that runs without okd -------------------------------------------
+def save_torchscript(net: nn.Module, example: torch.Tensor, meta: dict[str, Any], out: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
+        traced = torch.jit.trace(net.eval(), example, check_trace=False)
+        try:
+            torch.jit.save(traced, str(out), _extra_files={"okd.json": json.dumps(meta)})
+        except (OSError, RuntimeError) as exc:
+            raise OKDUserError(f"cannot write {out}: {exc}") from None
+
+
+@torch.no_grad()
+def run_torchscript(path: Path, example: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
+        return torch.jit.load(str(path), map_location="cpu")(example)
+
+
+# -- ONNX: dynamic batch, metadata in the model's metadata_props ---------------------------------
+def _need(module: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise OKDUserError(f"ONNX export needs the {module} package: {EXPORT_HINT}") from None
+
+
+def save_onnx(net: nn.Module, example: torch.Tensor, meta: dict[str, Any], out: Path) -> None:
+    onnx = _need("onnx")
+    _need("onnxscript")
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(net.eval(), (example,), input_names=["images"], output_names=["logits"],
+                                        dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+    except Exception as exc:  # the exporter raises many types; the user needs one line
+        raise OKDUserError(f"ONNX export failed: {str(exc).splitlines()[0][:300]}") from None
+    model = program.model_proto
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    try:
+        onnx.save(model, str(out))
+    except (OSError, ValueError) as exc:
+        raise OKDUserError(f"cannot write {out}: {exc}") from None
+
+
+def run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None  # written but not checked; the caller says so
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"images": example.numpy()})
+    return torch.from_numpy(logits)

@@ -1,0 +1,74 @@
+"""The original paper's layout (row order, names) and figures, shipped as package data.
+
+The figures live in ``paper_results.json`` (transcribed from the original README; the tests parse
+the README text and compare every number), so they can be diffed and reused without importing
+code, and a transcription error is a data change, not a code change.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+# The paper's row order of the CIFAR-100 tables, and ImageNet's one backbone.
+CIFAR_ROWS: tuple[str, ...] = ("densenet40_12", "resnet32", "vgg16", "resnet110", "hcgnet_a1")
+IMAGENET_ROWS: tuple[str, ...] = ("resnet34",)
+
+MODEL_NAMES: dict[str, str] = {
+    "densenet40_12": "DenseNet-40-12",
+    "resnet32": "ResNet-32",
+    "vgg16": "VGG-16",
+    "resnet110": "ResNet-110",
+    "hcgnet_a1": "HCGNet-A1",
+    "resnet34": "ResNet-34",
+}
+METHOD_NAMES: dict[str, str] = {
+    "baseline": "Baseline",
+    "dml": "DML",
+    "cl_ilr": "CL-ILR",
+    "one": "ONE",
+    "okddip": "OKDDip",
+    "mcl_okd": "MCL-OKD",
+}
+DATASET_NAMES: dict[str, str] = {"cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+# Which dataset each table's published figures were measured on.
+PAPER_DATASET: dict[str, str] = {"main": "cifar100", "ablation": "cifar100", "imagenet": "imagenet"}
+
+
+def model_name(arch: str) -> str:
+    return MODEL_NAMES.get(arch, arch)
+
+
+def dataset_name(dataset: str) -> str:
+    return DATASET_NAMES.get(dataset, dataset)
+
+
+@functools.lru_cache(maxsize=1)
+def paper_results() -> dict[str, Any]:
+    """The parsed ``paper_results.json`` (cached; treat as read-only)."""
+    text = resources.files("okd.report").joinpath("paper_results.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def paper_figures(kind: str, arch: str, key: str) -> tuple[float | None, float | None]:
+    """(single, ens) top-1 error of a cell of table ``kind`` ("main", "imagenet", "ablation"); None where absent.
+
+    ``key`` is a method name for "main"/"imagenet" and "baseline" | "mcl" | "mcl_dot" for "ablation".
+    """
+    data = paper_results()
+    if kind == "ablation":
+        value = data["ablation"].get(arch, {}).get(key)
+        return (float(value) if value is not None else None), None
+    section = data["cifar100" if kind == "main" else "imagenet"]
+    cell = section.get(arch, {}).get(key)
+    if not isinstance(cell, dict):
+        return None, None
+    return cell.get("single"), cell.get("ens")
+
+
+def paper_complexity(arch: str) -> tuple[str | None, str | None]:
+    """The paper's Params and FLOPs strings of a CIFAR-100 backbone (e.g. "0.47M", "0.07G")."""
+    row = paper_results()["cifar100"].get(arch, {})
+    return row.get("params"), row.get("flops")

@@ -1,0 +1,182 @@
+"""Markdown, CSV and JSON renderings of the same ``Table`` data.
+
+Markdown is for reading (one line per backbone, as in the paper); CSV is long-form, one line per
+cell with plain numbers, so that a spreadsheet or pandas can reuse it without parsing "a ± b".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from okd.cli.tables import format_table
+from okd.report.paper import PAPER_DATASET, dataset_name
+from okd.report.tables import Cell, Column, Stat, Table
+
+MISSING = "—"
+
+
+def fmt_stat(stat: Stat | None) -> str:
+    if stat is None:
+        return MISSING
+    return f"{stat.mean:.2f}" if stat.std is None else f"{stat.mean:.2f} ± {stat.std:.2f}"
+
+
+def _pair(first: str, second: str, show: str) -> str:
+    if show == "single":
+        return first
+    if show == "ens":
+        return second
+    return f"{first} ({second})"
+
+
+def cell_text(cell: Cell, show: str) -> str:
+    """"single (Ens)" top-1 error, "mean ± std (n=K)" over several seeds, "—" without runs."""
+    if cell.n == 0:
+        return MISSING
+    text = _pair(fmt_stat(cell.single), fmt_stat(cell.ens), show)
+    return f"{text} (n={cell.n})" if cell.n > 1 else text
+
+
+def _num(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.2f}"
+
+
+def paper_text(cell: Cell, show: str) -> str:
+    return _pair(_num(cell.paper_single), _num(cell.paper_ens), show)
+
+
+def differences(cell: Cell) -> tuple[float | None, float | None]:
+    """Ours minus the paper's (negative: a lower error than published)."""
+    single = cell.single.mean - cell.paper_single if cell.single and cell.paper_single is not None else None
+    ens = cell.ens.mean - cell.paper_ens if cell.ens and cell.paper_ens is not None else None
+    return single, ens
+
+
+def diff_text(cell: Cell, show: str) -> str:
+    single, ens = differences(cell)
+    signed = lambda v: MISSING if v is None else f"{v:+.2f}"  # noqa: E731
+    return _pair(signed(single), signed(ens), show)
+
+
+def _size(value: int | None, scale: float, unit: str) -> str:
+    return MISSING if value is None else f"{value / scale:.2f}{unit}"
+
+
+def notes(table: Table) -> list[str]:
+    out = []
+    if table.epoch == "best":
+        out.append("Epoch: the best of each head (deployed, ensemble) over training, selected on the test set "
+                   "as the reference does, which is optimistic.")
+    else:
+        out.append("Epoch: the last.")
+    out.append("Several seeds: mean ± sample std (n = runs). —: no finished run.")
+    if table.kind == "ablation":
+        out.append("+MCL: MCL-OKD with --alpha 0 (no DOT loss); +MCL+DOT: MCL-OKD with alpha > 0 (the full method).")
+    else:
+        out.append("MCL-OKD: runs with alpha > 0; alpha 0 runs are the +MCL ablation. Ens: the method's own ensemble of all peers.")
+    if table.paper:
+        source = dataset_name(PAPER_DATASET[table.kind])
+        if table.comparable:
+            out.append("paper: the original README's figures; Δ = ours − paper (negative: a lower error than published).")
+        else:
+            out.append(f"paper: figures measured on {source}; these {table.dataset} results are not comparable, "
+                       "so no difference is shown.")
+    return out
+
+
+def markdown_table(table: Table) -> str:
+    header = ["Model"]
+    if table.has_complexity:
+        header += ["Params", "FLOPs"] + (["Params paper", "FLOPs paper"] if table.paper else [])
+    for col in table.columns:
+        header.append(col.header)
+        if table.paper:
+            header.append(f"{col.header} paper")
+            if table.comparable:
+                header.append(f"Δ {col.header}")
+    lines = []
+    for row in table.rows:
+        cells = [row.model]
+        if table.has_complexity:
+            cells += [_size(row.params, 1e6, "M"), _size(row.macs, 1e9, "G")]
+            if table.paper:
+                cells += [row.paper_params or MISSING, row.paper_flops or MISSING]
+        for col in table.columns:
+            cell = row.cells[col.key]
+            cells.append(cell_text(cell, col.show))
+            if table.paper:
+                cells.append(paper_text(cell, col.show))
+                if table.comparable:
+                    cells.append(diff_text(cell, col.show))
+        lines.append(cells)
+    body = format_table(header, lines)
+    foot = "\n".join(f"- {note}" for note in notes(table))
+    return f"### {table.title}\n\n{body}\n\n{foot}\n"
+
+
+def to_markdown(tables: list[Table]) -> str:
+    return "\n".join(markdown_table(t) for t in tables)
+
+
+CSV_FIELDS = ("table", "dataset", "epoch", "arch", "model", "params", "macs", "column", "method", "variant", "n", "seeds",
+              "top1_mean", "top1_std", "ens_top1_mean", "ens_top1_std", "paper_top1", "paper_ens_top1",
+              "diff_top1", "diff_ens_top1", "runs")
+
+
+def _cell_record(table: Table, col: Column, cell: Cell) -> dict[str, Any]:
+    diff = differences(cell) if table.comparable else (None, None)
+    return {
+        "column": col.header,
+        "method": col.method,
+        "variant": col.variant,
+        "n": cell.n,
+        "seeds": cell.seeds,
+        "top1_mean": cell.single.mean if cell.single else None,
+        "top1_std": cell.single.std if cell.single else None,
+        "ens_top1_mean": cell.ens.mean if cell.ens else None,
+        "ens_top1_std": cell.ens.std if cell.ens else None,
+        "paper_top1": cell.paper_single,
+        "paper_ens_top1": cell.paper_ens,
+        "diff_top1": diff[0],
+        "diff_ens_top1": diff[1],
+        "runs": [str(r.path) for r in cell.runs],
+    }
+
+
+def to_csv(tables: list[Table]) -> str:
+    """Long form: one line per (table, backbone, column); empty fields where there is no value."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for table in tables:
+        for row in table.rows:
+            for col in table.columns:
+                record = _cell_record(table, col, row.cells[col.key])
+                record.update(table=table.kind, dataset=table.dataset, epoch=table.epoch, arch=row.arch,
+                              model=row.model, params=row.params, macs=row.macs)
+                record["seeds"] = " ".join(map(str, record["seeds"]))
+                record["runs"] = " ".join(record["runs"])
+                writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    return buffer.getvalue()
+
+
+def to_json(tables: list[Table], skipped: list[tuple[Any, str]] | None = None) -> str:
+    out = []
+    for table in tables:
+        rows = []
+        for row in table.rows:
+            cells = {col.key: _cell_record(table, col, row.cells[col.key]) for col in table.columns}
+            rows.append({"arch": row.arch, "model": row.model, "params": row.params, "macs": row.macs,
+                         "paper_params": row.paper_params, "paper_flops": row.paper_flops, "cells": cells})
+        out.append({
+            "table": table.kind, "dataset": table.dataset, "epoch": table.epoch, "title": table.title,
+            "comparable_to_paper": table.comparable,
+            "columns": [{"key": c.key, "header": c.header, "method": c.method, "variant": c.variant, "show": c.show}
+                        for c in table.columns],
+            "rows": rows, "notes": notes(table),
+        })
+    skipped_out = [{"path": str(path), "reason": why} for path, why in (skipped or [])]
+    return json.dumps({"tables": out, "skipped": skipped_out}, indent=2, ensure_ascii=False)

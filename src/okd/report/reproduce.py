@@ -1,0 +1,123 @@
+"""The ``okd train`` commands behind every cell of the paper's tables, and a sequential runner.
+
+Run folders are named ``<root>/<dataset>/<arch>/<method>[-alpha0]/seed<k>`` so that
+``okd report <root>`` finds every cell. Recipes (epochs, lr, batch, nce_k) are filled by
+``okd train`` itself, so the commands only name what differs between cells.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from okd.errors import OKDUserError
+from okd.report.paper import CIFAR_ROWS, IMAGENET_ROWS
+
+ALL_METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
+REPRO_TABLES = ("cifar100", "imagenet", "ablation")
+NEEDS_DATA = ("cifar100", "imagenet")  # the embedded/synthetic sets need no --data
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run: a cell of a table for one seed."""
+
+    method: str
+    arch: str
+    dataset: str
+    seed: int
+    alpha0: bool = False  # the "+MCL" ablation: MCL-OKD without the DOT loss
+
+    def out(self, root: str | Path) -> Path:
+        name = self.method + ("-alpha0" if self.alpha0 else "")
+        return Path(root) / self.dataset / self.arch / name / f"seed{self.seed}"
+
+    def train_args(self, root: str | Path, data: str | None, extra: Sequence[str] = ()) -> list[str]:
+        args = ["train", "--method", self.method, "--arch", self.arch, "--dataset", self.dataset]
+        if data is not None and self.dataset in NEEDS_DATA:
+            args += ["--data", str(data)]
+        if self.alpha0:
+            args += ["--alpha", "0"]
+        return args + ["--seed", str(self.seed), "--out", str(self.out(root)), *extra]
+
+
+def table_jobs(table: str, seeds: Sequence[int], dataset: str | None = None,
+               archs: Sequence[str] | None = None, methods: Sequence[str] | None = None) -> list[Job]:
+    """Every run of ``table``, seed by seed (a full table for seed 0 exists before seed 1 starts)."""
+    if table not in REPRO_TABLES:
+        raise OKDUserError(f"unknown table {table!r}; choose one of {', '.join(REPRO_TABLES)}")
+    if table == "imagenet":
+        if dataset not in (None, "imagenet"):
+            raise OKDUserError("--table imagenet always runs on ImageNet; --dataset applies to the CIFAR tables")
+        rows, dataset = IMAGENET_ROWS, "imagenet"
+        cells = [("baseline", False), ("mcl_okd", False)]
+    else:
+        rows, dataset = CIFAR_ROWS, dataset or "cifar100"
+        if table == "ablation":
+            cells = [("baseline", False), ("mcl_okd", True), ("mcl_okd", False)]
+        else:
+            cells = [(m, False) for m in ALL_METHODS]
+    for name, chosen, known in (("--arch", archs, rows), ("--method", methods, ALL_METHODS)):
+        unknown = sorted(set(chosen or ()) - set(known))
+        if unknown:
+            raise OKDUserError(f"{name} {' '.join(unknown)} is not in table {table}; it has: {', '.join(known)}")
+    return [
+        Job(method, arch, dataset, seed, alpha0)
+        for seed in seeds
+        for arch in rows
+        if not archs or arch in archs
+        for method, alpha0 in cells
+        if not methods or method in methods
+    ]
+
+
+def command_lines(jobs: Sequence[Job], root: str | Path, data: str | None, extra: Sequence[str] = ()) -> list[str]:
+    """Shell lines: one ``okd train`` per job; ImageNet jobs also get their 8-GPU torchrun form as a comment."""
+    lines = []
+    for job in jobs:
+        args = job.train_args(root, data, extra)
+        lines.append(shlex.join(["okd", *args]))
+        if job.dataset == "imagenet":
+            lines.append("# " + shlex.join(["torchrun", "--nproc_per_node", "8", "-m", "okd", *args]))
+    return lines
+
+
+def _finished(out: Path) -> bool:
+    try:
+        return bool(json.loads((out / "summary.json").read_text(encoding="utf-8")).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
+Runner = Callable[[list[str]], int]
+
+
+def _subprocess_runner(argv: list[str]) -> int:
+    return subprocess.run(argv, check=False).returncode
+
+
+def run_jobs(jobs: Sequence[Job], root: str | Path, data: str | None, extra: Sequence[str] = (),
+             runner: Runner = _subprocess_runner, log: Callable[[str], None] = print) -> int:
+    """Run the jobs one after another; finished folders are skipped, interrupted ones resumed.
+
+    Returns 0, or the exit code of the first failing run (later ones are not started).
+    """
+    for k, job in enumerate(jobs, start=1):
+        out = job.out(root)
+        if _finished(out):
+            log(f"# [{k}/{len(jobs)}] already finished: {out}")
+            continue
+        args = job.train_args(root, data, extra)
+        if (out / "last.pt").is_file():
+            args.append("--resume")
+        log(f"# [{k}/{len(jobs)}] " + shlex.join(["okd", *args]))
+        code = runner([sys.executable, "-m", "okd", *args])
+        if code != 0:
+            log(f"# run {k}/{len(jobs)} failed with exit code {code}: {out}; stopping")
+            return code
+    return 0

@@ -1,0 +1,201 @@
+"""The paper's three tables as data: which runs fill which cell, aggregated over seeds.
+
+Tables are built as plain data (rows x columns of ``Cell``) and rendered separately, so Markdown,
+CSV, JSON and the bar chart all show exactly the same numbers. A cell is never filled from
+anything but finished runs: no run means no value.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from okd.report.collect import RunRecord
+from okd.report.complexity import complexity
+from okd.report.paper import CIFAR_ROWS, IMAGENET_ROWS, METHOD_NAMES, PAPER_DATASET, dataset_name, model_name, paper_complexity, paper_figures
+
+TABLE_KINDS = ("main", "imagenet", "ablation")
+
+# Config fields that do not change what a run computes; all others must agree within a cell.
+_IRRELEVANT = {"seed", "device", "data", "download", "workers", "log_interval", "tensorboard", "compile",
+               "deterministic", "channels_last", "sync_bn", "eval_batch_size", "nan_policy", "amp"}
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    method: str
+    variant: str = ""  # "" for every method but MCL-OKD: "mcl" (alpha 0) | "mcl_dot"
+    show: str = "both"  # "both": "single (Ens)" | "single" | "ens"
+    paper_key: str = ""  # key of this column in paper_results.json (default: the method)
+
+
+def _main_columns() -> tuple[Column, ...]:
+    cols = [Column("baseline", "Baseline", "baseline", show="single")]
+    for method in ("dml", "cl_ilr", "one", "okddip"):
+        cols.append(Column(method, f"{METHOD_NAMES[method]} (Ens)", method))
+    cols.append(Column("mcl_okd", "MCL-OKD (Ens)", "mcl_okd", "mcl_dot"))
+    return tuple(cols)
+
+
+COLUMNS: dict[str, tuple[Column, ...]] = {
+    "main": _main_columns(),
+    "imagenet": (
+        Column("baseline", "Baseline", "baseline", show="single"),
+        Column("mcl_okd", "MCL-OKD", "mcl_okd", "mcl_dot", show="single"),
+        Column("mcl_okd_ens", "MCL-OKD (Ens)", "mcl_okd", "mcl_dot", show="ens", paper_key="mcl_okd"),
+    ),
+    "ablation": (
+        Column("baseline", "Baseline", "baseline", show="single"),
+        Column("mcl", "+MCL", "mcl_okd", "mcl", show="single", paper_key="mcl"),
+        Column("mcl_dot", "+MCL+DOT (MCL-OKD)", "mcl_okd", "mcl_dot", show="single", paper_key="mcl_dot"),
+    ),
+}
+ROWS: dict[str, tuple[str, ...]] = {"main": CIFAR_ROWS, "imagenet": IMAGENET_ROWS, "ablation": CIFAR_ROWS}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (None for a single run) over ``n`` runs."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat | None:
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), std, len(values))
+
+
+@dataclass
+class Cell:
+    runs: list[RunRecord] = field(default_factory=list)
+    single: Stat | None = None  # deployed peer
+    ens: Stat | None = None  # the method's ensemble
+    paper_single: float | None = None
+    paper_ens: float | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(run.seed for run in self.runs)
+
+
+@dataclass
+class Row:
+    arch: str
+    model: str
+    params: int | None
+    macs: int | None
+    paper_params: str | None
+    paper_flops: str | None
+    cells: dict[str, Cell]
+
+
+@dataclass
+class Table:
+    kind: str
+    dataset: str
+    epoch: str
+    columns: tuple[Column, ...]
+    rows: list[Row]
+    comparable: bool  # the paper's figures were measured on this table's dataset
+    paper: bool  # the paper's figures were asked for
+
+    @property
+    def title(self) -> str:
+        name = dataset_name(self.dataset)
+        shown = name if name == self.dataset else f"{name} ({self.dataset})"
+        if self.kind == "ablation":
+            return f"Ablation on {shown}: top-1 error (%) of the deployed peer"
+        if self.kind == "imagenet":
+            return f"{shown}: top-1 error (%) of the deployed peer and the MCL-OKD ensemble"
+        return f"{shown}: top-1 error (%) of the deployed peer (ensemble of all peers in parentheses)"
+
+    @property
+    def has_complexity(self) -> bool:
+        return self.kind == "main"
+
+
+def column_of(run: RunRecord, column: Column) -> bool:
+    return run.method == column.method and run.variant == column.variant
+
+
+def default_kinds(dataset: str) -> tuple[str, ...]:
+    return ("imagenet",) if dataset == "imagenet" else ("main", "ablation")
+
+
+def dataset_order(datasets: set[str]) -> list[str]:
+    """The paper's datasets first, then the others alphabetically."""
+    return sorted(datasets, key=lambda d: ({"cifar100": 0, "imagenet": 1}.get(d, 2), d))
+
+
+def build_table(kind: str, dataset: str, runs: list[RunRecord], epoch: str = "last", paper: bool = False) -> Table:
+    """One table of ``kind`` from the finished runs of ``dataset`` (other datasets' runs are ignored)."""
+    columns = COLUMNS[kind]
+    mine = [r for r in runs if r.dataset == dataset and any(column_of(r, c) for c in columns)]
+    archs = list(ROWS[kind]) + sorted({r.arch for r in mine} - set(ROWS[kind]))
+    comparable = PAPER_DATASET[kind] == dataset
+    rows = []
+    for arch in archs:
+        arch_runs = [r for r in runs if r.dataset == dataset and r.arch == arch]
+        cells = {}
+        for col in columns:
+            cell_runs = sorted((r for r in arch_runs if column_of(r, col)), key=lambda r: (r.seed, str(r.path)))
+            cell = Cell(cell_runs)
+            cell.single = Stat.of([v for r in cell_runs if (v := r.top1("deployed", epoch)) is not None])
+            if col.method != "baseline":
+                cell.ens = Stat.of([v for r in cell_runs if (v := r.top1("ensemble", epoch)) is not None])
+            if paper:
+                cell.paper_single, cell.paper_ens = paper_figures(kind, arch, col.paper_key or col.method)
+            cells[col.key] = cell
+        params, macs = complexity(arch, dataset, [r for r in runs if r.dataset == dataset])
+        paper_params, paper_flops = paper_complexity(arch) if (paper and kind == "main") else (None, None)
+        rows.append(Row(arch, model_name(arch), params, macs, paper_params, paper_flops, cells))
+    return Table(kind, dataset, epoch, columns, rows, comparable, paper)
+
+
+def build_tables(runs: list[RunRecord], datasets: list[str], kinds: tuple[str, ...] | None = None,
+                 epoch: str = "last", paper: bool = False) -> list[Table]:
+    """Every requested table for every dataset, in the paper's order."""
+    tables = []
+    for dataset in datasets:
+        for kind in kinds or default_kinds(dataset):
+            tables.append(build_table(kind, dataset, runs, epoch, paper))
+    return tables
+
+
+def consistency_warnings(tables: list[Table]) -> list[str]:
+    """Cells whose runs differ in more than the seed (e.g. other --num-peers), and repeated seeds."""
+    warnings: dict[str, None] = {}
+    for table in tables:
+        for row in table.rows:
+            for col in table.columns:
+                cell = row.cells[col.key]
+                where = f"{table.dataset} / {row.model} / {col.header}"
+                if len(set(cell.seeds)) < cell.n:
+                    warnings[f"{where}: {cell.n} runs share seeds {cell.seeds} (copies of one run?)"] = None
+                differing: dict[str, set[str]] = defaultdict(set)
+                for run in cell.runs:
+                    for key, value in run.config.items():
+                        if key not in _IRRELEVANT:
+                            differing[key].add(repr(value))
+                for key, values in sorted(differing.items()):
+                    if len(values) > 1:
+                        warnings[f"{where}: runs differ in {key} ({', '.join(sorted(values))}); aggregated anyway"] = None
+    return list(warnings)
+
+
+def unused_runs(tables: list[Table], runs: list[RunRecord]) -> list[RunRecord]:
+    """Runs of the tabulated datasets that no cell shows (e.g. DML on ImageNet)."""
+    used = {id(r) for t in tables for row in t.rows for c in row.cells.values() for r in c.runs}
+    datasets = {t.dataset for t in tables}
+    return [r for r in runs if r.dataset in datasets and id(r) not in used]
