@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from okd.errors import OKDUserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -71,6 +73,58 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_ranks_true(flag: torch.Tensor) -> bool:
+    """Whether ``flag`` holds on every rank: ranks must agree before skipping a step together."""
+    value = flag.detach().to(torch.int32).reshape(())
+    if is_distributed():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over ranks (logged losses describe the global batch, not rank 0's share)."""
+    if not is_distributed():
+        return values
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values / dist.get_world_size()
+
+
+def broadcast_norm_stats(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s BatchNorm running statistics.
+
+    Without --sync-bn each rank's running statistics follow its own share of the batches; DDP runs
+    with broadcast_buffers=False (MCL-OKD's banks are too big to broadcast every step), so without
+    this each rank would evaluate its shard with different statistics from those rank 0 saves.
+    """
+    if not is_distributed():
+        return
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm):
+            for buffer in (sub.running_mean, sub.running_var, sub.num_batches_tracked):
+                if buffer is not None:
+                    dist.broadcast(buffer, src)
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective may wait for a silent peer: OKD_DIST_TIMEOUT_S seconds, default 30 minutes.
+
+    Long enough for rank 0 to write a checkpoint while the others wait; tests lower it so a hung
+    peer fails fast. (A peer that dies outright is noticed at once: its sockets close.)
+    """
+    raw = os.environ.get("OKD_DIST_TIMEOUT_S")
+    if raw is None or raw.strip() == "":
+        return datetime.timedelta(minutes=30)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise OKDUserError(f"OKD_DIST_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
+    if not seconds > 0:
+        raise OKDUserError(f"OKD_DIST_TIMEOUT_S must be positive, got {raw!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
 @contextlib.contextmanager
 def process_group(device: str) -> Iterator[DistInfo]:
     """Join torchrun's process group (nccl on CUDA, gloo on CPU) for the duration of a job.
@@ -83,7 +137,7 @@ def process_group(device: str) -> Iterator[DistInfo]:
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=collective_timeout())
     try:
         yield current()
     finally:

@@ -8,10 +8,10 @@ would (bit-identical on CPU).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from okd.engine.metrics import ErrorMeter, summarise_errors
 from okd.engine.progress import progress
 from okd.engine.rundir import RunDir
 from okd.engine.schedule import learning_rate
+from okd.engine.step import autocast, make_optimizer, train_step
+from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
 from okd.errors import OKDUserError
 from okd.methods import DatasetInfo, OKDMethod, build_method
@@ -106,12 +108,6 @@ def memory_usage(device: torch.device) -> dict[str, float]:
     return usage
 
 
-def autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 @torch.no_grad()
 def evaluate(method: OKDMethod, forward: nn.Module, loader, device: torch.device, amp: bool = False, limit: int | None = None) -> dict[str, dict[str, float]]:
     """Top-1/top-5 error of every peer, the peer mean, the deployed peer and the ensemble."""
@@ -147,7 +143,12 @@ class _EpochSums:
         self.images += images
 
     def means(self) -> dict[str, float]:
-        return {name: float(v.item()) / max(self.steps, 1) for name, v in self.terms.items()}
+        """Per-step means, averaged over ranks (every rank runs the same steps)."""
+        if not self.terms:
+            return {}
+        names = sorted(self.terms)
+        values = okd_dist.mean_over_ranks(torch.stack([self.terms[n] for n in names]) / max(self.steps, 1))
+        return dict(zip(names, values.cpu().tolist()))
 
     def state(self) -> dict[str, Any]:
         return {"terms": {k: v.cpu() for k, v in self.terms.items()}, "steps": self.steps, "images": self.images, "seconds": self.seconds}
@@ -233,22 +234,19 @@ class Trainer:
         self.sizes = (count_params(single), count_params(self.method), count_macs(single, self.spec.input_size))
         model: nn.Module = self.method
         if self.dist.enabled:
-            if cfg.sync_bn:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if cfg.sync_bn:  # nn.SyncBatchNorm on CUDA, ours on CPU (gloo); before the optimiser sees the parameters
+                model = convert_sync_batchnorm(model, self.device)
                 self.method = model  # type: ignore[assignment]
-            model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
-            )
+            with warnings.catch_warnings():  # broadcast_buffers=False is deliberate: the banks are synced by gathering
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                model = nn.parallel.DistributedDataParallel(
+                    model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
+                )
         self.ddp_model = model
         self.forward = torch.compile(model) if cfg.compile else model
-        use_fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.SGD(
-            self.method.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.wd,
-            **({"fused": True} if use_fused else {"foreach": True}),
+        self.optimizer = make_optimizer(
+            self.method.parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            weight_decay=cfg.wd, impl=cfg.sgd_impl,
         )
         self.start_epoch, self.start_step = 0, 0
         self.best: dict[str, Any] = {}
@@ -305,6 +303,7 @@ class Trainer:
                 start_step = self.start_step if epoch == self.start_epoch else 0
                 sums = _EpochSums.from_state(self.partial, self.device) if (self.partial and start_step) else _EpochSums()
                 self._train_epoch(epoch, start_step, sums, stop)
+                okd_dist.broadcast_norm_stats(self.method)  # evaluate with the statistics rank 0 saves
                 test = evaluate(self.method, self.forward, self.eval_loader, self.device, self.amp, cfg.limit_batches)
                 self._end_epoch(epoch, sums, test)
         summary = self._summary(finished=True)
@@ -324,22 +323,19 @@ class Trainer:
         began = time.perf_counter()
         bar = progress(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=self.quiet or not self.is_main)
         losses: dict[str, torch.Tensor] = {}
+        # --nan-policy skip-step: one host sync per step, by request (all ranks skip together)
+        skip = (lambda finite: not okd_dist.all_ranks_true(finite)) if cfg.nan_policy == "skip-step" else None
         for step, batch in enumerate(self.train_loader.epoch(epoch, start_step), start=start_step):
             if step >= self.steps_per_epoch:
                 break
-            torch.manual_seed(step_seed(cfg.seed, epoch, step, self.dist.rank))
-            with autocast(self.device, self.amp):
-                output = self.forward(batch.images)
-                losses = self.method.losses(output, batch, epoch)
-            total = sum(losses.values())
-            finite = torch.isfinite(total)
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.nan_policy == "skip-step" and not bool(finite):  # one host sync per step, by request
+            result = train_step(
+                self.forward, self.method, self.optimizer, batch, epoch, device=self.device, amp=self.amp,
+                seed=step_seed(cfg.seed, epoch, step, self.dist.rank), skip=skip,
+            )
+            losses, total, finite = result.losses, result.total, result.finite
+            if not result.stepped:
                 self._log(f"skipped step {step} of epoch {epoch + 1}: non-finite loss ({self._bad_terms(losses)})")
                 continue
-            self.optimizer.step()
-            self.method.after_step(output, batch)
             first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=self.device), first_bad)
             sums.add(losses, total, batch.images.shape[0])
             bar.update(1)
