@@ -9,9 +9,11 @@ import re
 import shlex
 import shutil
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from okd.cli.main import build_parser, main
 from okd.report.paper import paper_results
@@ -68,6 +70,15 @@ def test_paper_json_matches_readme_tables() -> None:
         assert (row["baseline"], row["mcl"], row["mcl_dot"]) == (float(base), float(mcl), float(full))
         assert row["mcl_dot"] == paper["cifar100"][ARCH_OF[name]]["mcl_okd"]["single"]  # the same experiment
     assert len(paper["ablation"]) == 5 and len(paper["cifar100"]) == 5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and OpenMP threads on a busy machine spin (30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +262,17 @@ def test_reproduce_run_stops_at_first_failure(tmp_path: Path) -> None:
     assert run_jobs(jobs, tmp_path, "/in", runner=lambda argv: calls.append(argv) or 0, log=lambda _line: None) == 0
     assert len(calls) == 3  # the finished run is not started again
     assert command_lines(jobs[:1], tmp_path, "/in")[0].startswith("okd train --method baseline --arch resnet34")
+
+
+def test_reproduce_cli_run_returns_the_failing_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import okd.report.reproduce as reproduce
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(reproduce, "_subprocess_runner", lambda argv: calls.append(argv) or (0 if len(calls) < 2 else 5))
+    assert main(["reproduce", "--table", "imagenet", "--run", "--out-root", str(tmp_path)]) == 5
+    out, err = capsys.readouterr()
+    assert len(calls) == 2 and "exit code 5" in err and out.count("# [") == 2 and "failed with exit code 5" in out
 
 
 def test_reproduce_unknown_table(capsys: pytest.CaptureFixture[str]) -> None:

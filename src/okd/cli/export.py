@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     meta = result.meta
     what = "ensemble" if meta["peer"] == "ensemble" else f"peer {meta['peer']}"
     check = ("not checked (onnxruntime missing: pip install 'okd[export]')" if result.max_abs_diff is None
-             else f"max |logit difference| vs checkpoint {result.max_abs_diff:.2e}")
+             else f"max |logit difference| vs checkpoint {result.max_abs_diff:.2e} (logits up to {result.logit_scale:.2e})")
     print(f"wrote {result.path}: {meta['method']} {meta['arch']} {what} ({meta['num_classes']} classes, "
           f"{meta['input_size']}px, {args.format}); {check}")
     return 0

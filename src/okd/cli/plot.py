@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -12,31 +13,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Write test_error.png and train_loss.png for every run folder (metrics.jsonl), "
                        "finished or not. Needs matplotlib: pip install 'okd[plot]'.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders searched recursively")
-    p.add_argument("--out", help="write into OUT/<run name>/ instead of each run folder")
+    p.add_argument("--out", help="write into OUT/<run name>/ instead of into each run folder")
     p.set_defaults(run=run)
 
 
-def _label(folder: Path, used: set[str]) -> str:
-    """A file-system-safe, unique name for a run folder under --out."""
-    parts = folder.resolve().parts[-3:]
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts[-1:]))
-    for depth in (2, 3):
-        if label not in used:
-            break
-        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts[-depth:]))
-    base, k = label, 2
-    while label in used:
-        label, k = f"{base}-{k}", k + 1
-    used.add(label)
-    return label
+def labels(folders: list[Path]) -> dict[Path, str]:
+    """Unique, file-system-safe names: each folder's path below the folders' common parent, joined by '-'."""
+    resolved = [f.resolve() for f in folders]
+    if len(resolved) == 1:
+        return {folders[0]: resolved[0].name}
+    common = Path(os.path.commonpath(resolved))
+    return {f: re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(r.relative_to(common).parts)) for f, r in zip(folders, resolved)}
 
 
 def run(args: argparse.Namespace) -> int:
     from okd.report.curves import find_metric_dirs, plot_run
+    from okd.report.plots import require_matplotlib
 
-    used: set[str] = set()
-    for folder in find_metric_dirs(args.runs):
-        out_dir = Path(args.out) / _label(folder, used) if args.out else folder
+    require_matplotlib()
+    folders = find_metric_dirs(args.runs)
+    names = labels(folders)
+    for folder in folders:
+        out_dir = Path(args.out) / names[folder] if args.out else folder
         for path in plot_run(folder, out_dir):
             print(path)
     return 0

@@ -29,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from okd.report.render import to_csv, to_json, to_markdown
     from okd.report.tables import build_tables, consistency_warnings, dataset_order, unused_runs
 
+    if args.plot:
+        from okd.report.plots import require_matplotlib
+
+        require_matplotlib()
     collection = collect_runs(args.runs)
     for path, why in collection.skipped:
         print(f"okd report: skipped {path}: {why}", file=sys.stderr)

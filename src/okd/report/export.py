@@ -178,6 +178,7 @@ class ExportResult:
     path: Path
     meta: dict[str, Any]
     max_abs_diff: float | None  # exported vs checkpoint logits on a random batch (None: no runtime to check)
+    logit_scale: float  # max |logit| of that batch: float32 round-off scales with it
 
 
 def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Path) -> ExportResult:
@@ -212,7 +213,7 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     writer(net, example, meta, out)
     produced = runner(out, example)
     diff = None if produced is None else float((produced - reference).abs().max())
-    return ExportResult(out, meta, diff)
+    return ExportResult(out, meta, diff, float(reference.abs().max()))
 
 
 def load_exported_backbone(path: str | Path) -> nn.Module:

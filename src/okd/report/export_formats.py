@@ -77,17 +77,23 @@ def _need(module: str) -> Any:
 
 
 def save_onnx(net: nn.Module, example: torch.Tensor, meta: dict[str, Any], out: Path) -> None:
+    """torch's dynamo exporter when onnxscript is installed, else its TorchScript-based one; batch is dynamic."""
     onnx = _need("onnx")
-    _need("onnxscript")
-    batch = torch.export.Dim("batch", min=1)
+    try:
+        import onnxscript  # noqa: F401
+        dynamo = True
+        # onnxruntime fuses BN etc. itself when it loads the model; onnxscript's optimiser pass costs ~10x the export
+        shapes: dict[str, Any] = {"dynamic_shapes": ({0: torch.export.Dim("batch", min=1)},), "optimize": False}
+    except ImportError:
+        dynamo, shapes = False, {"dynamic_axes": {"images": {0: "batch"}, "logits": {0: "batch"}}}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(net.eval(), (example,), input_names=["images"], output_names=["logits"],
-                                        dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
-    except Exception as exc:  # the exporter raises many types; the user needs one line
+            program = torch.onnx.export(net.eval(), (example,), None if dynamo else str(out), input_names=["images"],
+                                        output_names=["logits"], dynamo=dynamo, verbose=False, **shapes)
+    except Exception as exc:  # the exporters raise many types; the user needs one line
         raise OKDUserError(f"ONNX export failed: {str(exc).splitlines()[0][:300]}") from None
-    model = program.model_proto
+    model = program.model_proto if dynamo else onnx.load(str(out))
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)

@@ -13,13 +13,21 @@ from okd.errors import OKDUserError
 from okd.report.tables import Table
 
 
-def figure(width: float, height: float) -> Any:
-    """A matplotlib Figure on the Agg canvas; a clear error when the extra is missing."""
+def require_matplotlib() -> None:
+    """Fail before any work is done when the optional extra is missing."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
     except ImportError:
         raise OKDUserError("plotting needs matplotlib: pip install 'okd[plot]'") from None
+
+
+def figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on the Agg canvas."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig

@@ -102,11 +102,12 @@ def _subprocess_runner(argv: list[str]) -> int:
 
 
 def run_jobs(jobs: Sequence[Job], root: str | Path, data: str | None, extra: Sequence[str] = (),
-             runner: Runner = _subprocess_runner, log: Callable[[str], None] = print) -> int:
+             runner: Runner | None = None, log: Callable[[str], None] = print) -> int:
     """Run the jobs one after another; finished folders are skipped, interrupted ones resumed.
 
     Returns 0, or the exit code of the first failing run (later ones are not started).
     """
+    runner = runner or _subprocess_runner
     for k, job in enumerate(jobs, start=1):
         out = job.out(root)
         if _finished(out):

@@ -1,0 +1,136 @@
+"""okd export reproduces the checkpoint's logits: plain state dict and TorchScript exactly, ONNX to round-off."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from okd.cli.main import main
+
+TINY = ["--dataset", "synthetic", "--synthetic-train", "32", "--synthetic-test", "16", "--synthetic-classes", "5",
+        "--synthetic-size", "16", "--batch-size", "16", "--epochs", "1", "--quiet", "--device", "cpu", "--num-peers", "2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and OpenMP threads on a busy machine spin (30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """1-epoch ONE (gated ensemble, peer 0 deployed) and MCL-OKD (memory banks, last peer deployed) runs."""
+    root = tmp_path_factory.mktemp("export_runs")
+    for method, extra in (("one", []), ("mcl_okd", ["--nce-k", "8"])):
+        assert main(["train", *TINY, *extra, "--method", method, "--out", str(root / method)]) == 0
+    return {m: root / m / "best.pt" for m in ("one", "mcl_okd")}
+
+
+def _reference(checkpoint: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The trained method rebuilt the way `okd eval` does (with its data), eval mode, and a test batch."""
+    from okd.engine.checkpoint import load_checkpoint
+    from okd.engine.config import config_from_mapping, replace
+    from okd.engine.distributed import current
+    from okd.engine.trainer import build_for_config
+
+    state = load_checkpoint(checkpoint)
+    cfg = replace(config_from_mapping(state["config"]), device="cpu")
+    _spec, _train, eval_loader, method = build_for_config(cfg, torch.device("cpu"), current())
+    method.load_state_dict(state["model"])
+    images = next(iter(eval_loader)).images
+    return method.eval(), images
+
+
+def _export(checkpoint: Path, peer: str, fmt: str, out: Path) -> None:
+    assert main(["export", "--checkpoint", str(checkpoint), "--peer", peer, "--format", fmt, "--out", str(out)]) == 0
+
+
+@torch.no_grad()
+def test_state_dict_is_the_plain_backbone(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from okd.models import create_backbone
+    from okd.report.export import load_exported_backbone
+
+    method, images = _reference(checkpoints["mcl_okd"])
+    _export(checkpoints["mcl_okd"], "deployed", "state_dict", tmp_path / "peer.pt")
+    blob = torch.load(tmp_path / "peer.pt", weights_only=True)
+    meta = blob["meta"]
+    assert meta["peer"] == method.deployed_peer == 1 and meta["arch"] == "resnet32" and meta["num_classes"] == 5
+    assert meta["input_size"] == 16 and len(meta["mean"]) == len(meta["std"]) == 3
+    net = create_backbone(meta["arch"], meta["num_classes"])
+    net.load_state_dict(blob["state_dict"], strict=True)
+    expected = method(images).logits[1]
+    assert torch.equal(net.eval()(images), expected)
+    assert torch.equal(load_exported_backbone(tmp_path / "peer.pt")(images), expected)
+    _export(checkpoints["mcl_okd"], "0", "state_dict", tmp_path / "peer0.pt")
+    net.load_state_dict(torch.load(tmp_path / "peer0.pt", weights_only=True)["state_dict"], strict=True)
+    assert torch.equal(net(images), method(images).logits[0])
+
+
+@torch.no_grad()
+def test_torchscript_peer_and_gated_ensemble(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    from okd.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(checkpoints["one"])  # after one short epoch the gate may still be uniform: skew it
+    state["model"]["gate.1.bias"] = torch.tensor([3.0, 0.5])
+    skewed = tmp_path / "skewed.pt"
+    save_checkpoint(skewed, {k: v for k, v in state.items() if k != "format"})
+    method, images = _reference(skewed)
+    _export(skewed, "1", "torchscript", tmp_path / "peer1.ts")
+    _export(skewed, "ensemble", "torchscript", tmp_path / "ens.ts")
+    output = method(images)
+    assert torch.equal(torch.jit.load(str(tmp_path / "peer1.ts"))(images), output.logits[1])
+    ensemble = method.ensemble_logits(output)
+    assert not torch.allclose(ensemble, torch.stack(output.logits).mean(0))  # the gate matters
+    assert torch.equal(torch.jit.load(str(tmp_path / "ens.ts"))(images), ensemble)
+
+
+@torch.no_grad()
+def test_torchscript_ensemble_drops_training_state(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    method, images = _reference(checkpoints["mcl_okd"])
+    _export(checkpoints["mcl_okd"], "ensemble", "torchscript", tmp_path / "ens.ts")
+    module = torch.jit.load(str(tmp_path / "ens.ts"))
+    assert torch.equal(module(images), method.ensemble_logits(method(images)))
+    banks = {name: b.numel() for name, b in module.named_buffers() if "memory" in name}
+    assert banks and not any(banks.values())  # memory banks are emptied, not shipped
+
+
+@torch.no_grad()
+def test_onnx_matches_within_round_off(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    method, images = _reference(checkpoints["one"])
+    _export(checkpoints["one"], "ensemble", "onnx", tmp_path / "ens.onnx")
+    session = ort.InferenceSession(str(tmp_path / "ens.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+    expected = method.ensemble_logits(method(images))
+    scale = max(1.0, float(expected.abs().max()))  # float32 round-off grows with the logits' size
+    assert got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-4 * scale
+    single = torch.from_numpy(session.run(["logits"], {"images": images[:1].numpy()})[0])  # dynamic batch
+    assert single.shape == (1, 5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--peer", "7"], "peers 0..1"),
+    (["--peer", "ensemble", "--format", "state_dict"], "torchscript or onnx"),
+    (["--peer", "last"], "--peer must be"),
+])
+def test_bad_peer_exits_2(args: list[str], message: str, checkpoints: dict[str, Path], tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["export", "--checkpoint", str(checkpoints["one"]), "--out", str(tmp_path / "x"), *args])
+    assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_not_a_checkpoint_and_missing_onnx(checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main(["export", "--checkpoint", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "y")]) == 2
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    code = main(["export", "--checkpoint", str(checkpoints["one"]), "--format", "onnx", "--out", str(tmp_path / "z.onnx")])
+    assert code == 2 and "pip install 'okd[export]'" in capsys.readouterr().err
