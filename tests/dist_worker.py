@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,7 @@ def main(argv: list[str]) -> int:
     with okd_dist.process_group("cpu") as info:
         assert info.world_size > 1, "run me under torchrun"
         for job in jobs:
+            began = time.perf_counter()
             if job["kind"] == "bn":
                 bn_check(job, info.rank, info.world_size)
             elif job["kind"] == "train":
@@ -170,6 +172,8 @@ def main(argv: list[str]) -> int:
                 eval_job(job, info.rank)
             else:
                 raise ValueError(f"unknown job kind {job['kind']!r}")
+            if info.rank == 0:
+                print(f"{job['kind']} {Path(job['dump']).name}: {time.perf_counter() - began:.1f} s", flush=True)
     return 0
 
 

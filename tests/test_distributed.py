@@ -28,16 +28,21 @@ from typing import Any
 import pytest
 import torch
 from dist_worker import float64_mode
+from torch import nn
 
 from okd.cli.main import main
 from okd.engine.checkpoint import load_checkpoint
 from okd.engine.distributed import collective_timeout
+from okd.engine.sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from okd.errors import OKDUserError
+from okd.methods import build_method
+
+pytestmark = pytest.mark.slow  # two-process end-to-end runs: ~30-60 s for the whole file on 2 cores
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
 WORLD = 2
-TINY = ["--dataset", "synthetic", "--synthetic-train", "32", "--synthetic-test", "21", "--synthetic-classes", "4",
+TINY = ["--dataset", "synthetic", "--synthetic-train", "16", "--synthetic-size", "16", "--synthetic-test", "21", "--synthetic-classes", "4",
         "--batch-size", "8", "--eval-batch-size", "4", "--device", "cpu"]  # 21 test images: shards of 11 and 10
 MCL = ["--method", "mcl_okd", "--num-peers", "2", "--nce-k", "8"]
 SINGLE_VS_DDP = {  # name: options; each compared single process vs 2 ranks with --sync-bn
@@ -194,33 +199,78 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker's pid through /proc")
-def test_a_killed_rank_stops_the_run_within_seconds(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    marker = uuid.uuid4().hex
-    proc = torchrun("-m", "okd", "train", *TINY, "--epochs", "200", "--quiet", "--out", str(out),
-                    env={"OKD_TEST_LAUNCH": marker, "OKD_DIST_TIMEOUT_S": "30"})
+def _alive(pid: int) -> bool:
     try:
-        deadline = time.monotonic() + 120
-        while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):  # training is under way
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "the run did not start"
-            time.sleep(0.2)
-        pid = _rank_pid(marker, 1)
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
-        _, stderr = proc.communicate(timeout=90)
-        elapsed = time.monotonic() - killed
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _start_and_wait_for_training(out: Path, marker: str, timeout_s: str) -> subprocess.Popen:
+    """A long ``okd train`` under torchrun, returned once its first epoch is done."""
+    proc = torchrun("-m", "okd", "train", *TINY, "--epochs", "200", "--quiet", "--out", str(out),
+                    env={"OKD_TEST_LAUNCH": marker, "OKD_DIST_TIMEOUT_S": timeout_s})
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the run did not start:\n{proc.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    try:
+        return proc.communicate(timeout=90)[1]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+
+
+@needs_proc
+def test_a_killed_rank_stops_the_run_within_seconds(tmp_path: Path) -> None:
+    out, marker = tmp_path / "run", uuid.uuid4().hex
+    proc = _start_and_wait_for_training(out, marker, "30")
+    try:
+        pid = _rank_pid(marker, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # like the OOM killer: no chance to clean up
+        killed = time.monotonic()
+        proc.wait(timeout=90)
+        elapsed = time.monotonic() - killed
+    finally:
+        stderr = _finish(proc)
     assert proc.returncode != 0
     assert elapsed < 60, f"the surviving rank took {elapsed:.0f} s to stop"
-    assert "Signal 9 (SIGKILL)" in stderr or "exitcode  : -9" in stderr, stderr[-3000:]
+    assert "Connection closed by peer" in stderr or "Connection reset by peer" in stderr, stderr[-3000:]
+    assert "Signal 9 (SIGKILL)" in stderr, stderr[-3000:]  # torchrun names the rank that died
     assert len(records(out)) < 200 and not json.loads((out / "summary.json").read_text())["finished"]
     print(f"surviving rank stopped {elapsed:.1f} s after rank 1 was killed")
+
+
+@needs_proc
+def test_a_hung_rank_makes_the_others_time_out(tmp_path: Path) -> None:
+    out, marker = tmp_path / "run", uuid.uuid4().hex
+    proc = _start_and_wait_for_training(out, marker, "8")  # OKD_DIST_TIMEOUT_S
+    try:
+        hung, survivor = _rank_pid(marker, 1), _rank_pid(marker, 0)
+        assert hung is not None and survivor is not None
+        os.kill(hung, signal.SIGSTOP)  # alive, sockets open, never answers: only the timeout helps
+        stopped = time.monotonic()
+        while _alive(survivor) and time.monotonic() - stopped < 90:
+            time.sleep(0.2)
+        elapsed = time.monotonic() - stopped
+        os.kill(hung, signal.SIGKILL)  # a stopped process ignores torchrun's SIGTERM until killed
+    finally:
+        stderr = _finish(proc)
+    assert proc.returncode != 0
+    assert 8 <= elapsed < 40, f"rank 0 stopped {elapsed:.0f} s after rank 1 hung (timeout 8 s)"
+    assert "Timed out" in stderr or "timed out" in stderr, stderr[-3000:]
+    print(f"rank 0 gave up {elapsed:.1f} s after rank 1 hung (OKD_DIST_TIMEOUT_S=8)")
 
 
 def test_collective_timeout_can_be_lowered(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,3 +282,33 @@ def test_collective_timeout_can_be_lowered(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv("OKD_DIST_TIMEOUT_S", bad)
         with pytest.raises(OKDUserError, match="OKD_DIST_TIMEOUT_S"):
             collective_timeout()
+
+
+def test_conversion_keeps_names_and_tensors() -> None:
+    method = build_method("one", "resnet32", 10, 2)  # conv BatchNorm2d and the gate's BatchNorm1d
+    before = method.state_dict(keep_vars=True)
+    params = list(method.parameters())
+    converted = convert_sync_batchnorm(method, "cpu")
+    assert converted is method
+    kinds = {type(m) for m in method.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    assert kinds == {SyncBatchNorm}
+    after = method.state_dict(keep_vars=True)
+    assert list(after) == list(before) and all(after[k] is before[k] for k in before)  # same tensors, same names
+    assert all(a is b for a, b in zip(method.parameters(), params))  # an optimiser built before still applies
+    plain = build_method("one", "resnet32", 10, 2)
+    plain.load_state_dict(method.state_dict())  # checkpoints load into plain models
+    cuda = convert_sync_batchnorm(build_method("dml", "resnet32", 10, 2), "cuda")  # conversion needs no GPU
+    assert {type(m) for m in cuda.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)} == {nn.SyncBatchNorm}
+
+
+def test_without_a_process_group_it_is_batchnorm() -> None:
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(3, momentum=None)  # cumulative averaging, the other running-stats rule
+    sync = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(3, momentum=None)), "cpu")[0]
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    for module in (plain, sync):
+        for _ in range(2):
+            module(x).square().sum().backward()
+    assert torch.equal(plain.running_var, sync.running_var) and torch.equal(plain.weight.grad, sync.weight.grad)
+    with pytest.raises(ValueError, match="2D"):
+        sync(torch.randn(3))

@@ -55,6 +55,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise OKDUserError("--device cuda requested but no CUDA device is available (use --device cpu)")
         if name == "cuda":
             return torch.device("cuda", local_rank)
+        if okd_dist.is_distributed():  # every process would share one GPU
+            raise OKDUserError(f"--device {name} (or --gpu) pins every process to one GPU; under torchrun use "
+                               "--device cuda or auto: process LOCAL_RANK then uses GPU LOCAL_RANK")
     return torch.device(name)
 
 
