@@ -76,6 +76,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     _bool_pair(run, "channels-last", "channels_last memory format (default: on for CUDA)")
     run.add_argument("--compile", action="store_true", help="torch.compile the cohort")
+    run.add_argument("--sgd-impl", choices=("auto", "fused", "foreach", "loop"),
+                     help="SGD kernel: auto (default: fused on CUDA, foreach on CPU) | fused | foreach | loop (per parameter)")
     run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across distributed ranks")
     run.add_argument("--limit-batches", type=int, help="train and eval at most N batches per epoch (smoke runs)")

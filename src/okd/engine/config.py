@@ -62,6 +62,7 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool | None = None  # default: on for CUDA
     compile: bool = False
+    sgd_impl: str = "auto"  # auto (fused on CUDA, foreach on CPU) | fused | foreach | loop
     deterministic: bool = False
     sync_bn: bool = False
     limit_batches: int | None = None
@@ -71,7 +72,7 @@ class TrainConfig:
 
 
 # Fields that may change between a run and its --resume without changing what is computed.
-RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "tensorboard", "log_interval", "download", "data"}
+RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tensorboard", "log_interval", "download", "data"}
 
 METHOD_OPTIONS = ("kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs")
 

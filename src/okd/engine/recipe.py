@@ -87,6 +87,8 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
             raise OKDUserError(f"method {cfg.method!r} supports --share {'|'.join(allowed_shares)}, got {cfg.share!r}")
     if cfg.lr_schedule not in ("cosine", "multistep", "constant"):
         raise OKDUserError(f"--lr-schedule must be cosine, multistep or constant, got {cfg.lr_schedule!r}")
+    if cfg.sgd_impl not in ("auto", "fused", "foreach", "loop"):
+        raise OKDUserError(f"--sgd-impl must be auto, fused, foreach or loop, got {cfg.sgd_impl!r}")
     if cfg.nan_policy not in ("stop", "skip-step"):
         raise OKDUserError(f"--nan-policy must be stop or skip-step, got {cfg.nan_policy!r}")
     if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", cfg.device):

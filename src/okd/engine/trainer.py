@@ -8,7 +8,6 @@ would (bit-identical on CPU).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -28,6 +27,7 @@ from okd.engine.metrics import ErrorMeter, summarise_errors
 from okd.engine.progress import progress
 from okd.engine.rundir import RunDir
 from okd.engine.schedule import learning_rate
+from okd.engine.step import autocast, make_optimizer, train_step
 from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
 from okd.errors import OKDUserError
@@ -109,12 +109,6 @@ def memory_usage(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         usage["cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return usage
-
-
-def autocast(device: torch.device, enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()
@@ -253,14 +247,9 @@ class Trainer:
                 )
         self.ddp_model = model
         self.forward = torch.compile(model) if cfg.compile else model
-        use_fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.SGD(
-            self.method.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.wd,
-            **({"fused": True} if use_fused else {"foreach": True}),
+        self.optimizer = make_optimizer(
+            self.method.parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            weight_decay=cfg.wd, impl=cfg.sgd_impl,
         )
         self.start_epoch, self.start_step = 0, 0
         self.best: dict[str, Any] = {}
@@ -337,22 +326,19 @@ class Trainer:
         began = time.perf_counter()
         bar = progress(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=self.quiet or not self.is_main)
         losses: dict[str, torch.Tensor] = {}
+        # --nan-policy skip-step: one host sync per step, by request (all ranks skip together)
+        skip = (lambda finite: not okd_dist.all_ranks_true(finite)) if cfg.nan_policy == "skip-step" else None
         for step, batch in enumerate(self.train_loader.epoch(epoch, start_step), start=start_step):
             if step >= self.steps_per_epoch:
                 break
-            torch.manual_seed(step_seed(cfg.seed, epoch, step, self.dist.rank))
-            with autocast(self.device, self.amp):
-                output = self.forward(batch.images)
-                losses = self.method.losses(output, batch, epoch)
-            total = sum(losses.values())
-            finite = torch.isfinite(total)
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.nan_policy == "skip-step" and not okd_dist.all_ranks_true(finite):  # one host sync per step, by request
+            result = train_step(
+                self.forward, self.method, self.optimizer, batch, epoch, device=self.device, amp=self.amp,
+                seed=step_seed(cfg.seed, epoch, step, self.dist.rank), skip=skip,
+            )
+            losses, total, finite = result.losses, result.total, result.finite
+            if not result.stepped:
                 self._log(f"skipped step {step} of epoch {epoch + 1}: non-finite loss ({self._bad_terms(losses)})")
                 continue
-            self.optimizer.step()
-            self.method.after_step(output, batch)
             first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=self.device), first_bad)
             sums.add(losses, total, batch.images.shape[0])
             bar.update(1)
