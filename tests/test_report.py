@@ -147,7 +147,8 @@ def test_markdown_cells(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     header = next(line for line in out.splitlines() if line.startswith("| Model") and "DML (Ens)" in line)
     names = [c.strip() for c in header.strip("|").split("|")]
-    assert names == ["Model", "Params", "FLOPs", "Baseline", "DML (Ens)", "CL-ILR (Ens)", "ONE (Ens)", "OKDDip (Ens)", "MCL-OKD (Ens)"]
+    assert names == ["Model", "Params", "FLOPs", "Baseline", "DML (Ens)", "CL-ILR (Ens)", "ONE (Ens)", "OKDDip (Ens)",
+                     "MCL-OKD (Ens)"]
     line = next(line for line in out.splitlines() if line.startswith("| ResNet-32") and line.count("|") == len(names) + 1)
     cells = dict(zip(names, [c.strip() for c in line.strip("|").split("|")]))
     base, dml = _summary(runs, "baseline"), _summary(runs, "dml")
@@ -207,9 +208,11 @@ def test_plots(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     pytest.importorskip("matplotlib")
     code, _, err = _report(capsys, runs, "--plot", tmp_path / "table.png")
     assert code == 0 and (tmp_path / "table.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["plot", str(runs), "--out", str(tmp_path / "curves")]) == 0
-    pngs = sorted(p.name for p in (tmp_path / "curves").rglob("*.png"))
-    assert pngs.count("test_error.png") == 6 and pngs.count("train_loss.png") == 6  # the unfinished run too
+    mcl = runs / "synthetic" / "resnet32" / "mcl_okd"
+    assert main(["plot", str(mcl), "--out", str(tmp_path / "curves")]) == 0
+    pngs = sorted(str(p.relative_to(tmp_path / "curves")) for p in (tmp_path / "curves").rglob("*.png"))
+    assert pngs == [f"seed{s}/{name}.png" for s in (0, 1) for name in ("test_error", "train_loss")]
+    assert main(["plot", str(mcl / "seed0")]) == 0 and (mcl / "seed0" / "test_error.png").is_file()
 
 
 def test_plot_without_matplotlib(runs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -241,12 +244,12 @@ def test_reproduce_prints_a_parsable_command_per_cell(capsys: pytest.CaptureFixt
         assert cfg.dataset == "cifar100" and cfg.data == "/data/c100" and cfg.alpha is None
         assert argv[-1] == str(Job(cfg.method, cfg.arch, "cifar100", cfg.seed).out("out"))
     assert len(seen) == 90
-    ablation = [l for l in _commands(capsys, "--table", "ablation") if not l.startswith("#")]
-    assert len(ablation) == 15 and sum("--alpha 0" in l for l in ablation) == 5
+    ablation = [line for line in _commands(capsys, "--table", "ablation") if not line.startswith("#")]
+    assert len(ablation) == 15 and sum("--alpha 0" in line for line in ablation) == 5
     imagenet = _commands(capsys, "--table", "imagenet", "--", "--amp")
-    assert sum(l.startswith("okd train") for l in imagenet) == 2
-    assert sum(l.startswith("# torchrun --nproc_per_node 8 -m okd train") for l in imagenet) == 2
-    assert all(l.endswith("--amp") for l in imagenet[1:])
+    assert sum(line.startswith("okd train") for line in imagenet) == 2
+    assert sum(line.startswith("# torchrun --nproc_per_node 8 -m okd train") for line in imagenet) == 2
+    assert all(line.endswith("--amp") for line in imagenet[1:])
 
 
 def test_reproduce_run_stops_at_first_failure(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="run a CIFAR table's layout on another dataset (e.g. digits) for a quick check")
     p.add_argument("--arch", action="append", help="only these backbones (repeatable)")
     p.add_argument("--method", action="append", help="only these methods (repeatable)")
-    p.add_argument("--run", dest="execute", action="store_true", help="run the commands one after another, stopping at the first failure")
+    p.add_argument("--run", dest="execute", action="store_true",
+                   help="run the commands one after another, stopping at the first failure")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 

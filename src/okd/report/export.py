@@ -13,7 +13,6 @@ is training-only, is not loaded, and is emptied before export (a check proves th
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +66,7 @@ def load_method(path: str | Path) -> Loaded:
     num_classes = int(weights[_CLASSIFIER_KEY].shape[0])
     options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     torch.manual_seed(0)  # the weights are overwritten; keep construction deterministic anyway
-    method = build_method(cfg.method, cfg.arch, num_classes, cfg.num_peers, cfg.share,
+    method = build_method(cfg.method, cfg.arch, num_classes, int(cfg.num_peers or 1), cfg.share,
                           dataset=_stand_in_dataset(num_classes, cfg.nce_k), **options)
     _load_weights(method, weights, path)
     method.eval()
@@ -118,7 +117,7 @@ class EnsembleNet(nn.Module):
 
     def __init__(self, method: nn.Module) -> None:
         super().__init__()
-        self.method = method
+        self.method: Any = method  # an OKDMethod: forward + ensemble_logits
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.method.ensemble_logits(self.method(images))
@@ -126,26 +125,49 @@ class EnsembleNet(nn.Module):
 
 @torch.no_grad()
 def _prune_unused_buffers(net: EnsembleNet, example: torch.Tensor) -> None:
-    """Empty method-level buffers the ensemble does not read (memory banks, sampler indices)."""
+    """Empty method-level buffers the ensemble does not read (memory banks, sampler indices).
+
+    Whether a buffer is read is tested, not assumed: emptying it must leave the logits bit-identical.
+    All candidates are tried at once first (one forward in the usual case), then one by one.
+    """
     reference = net(example)
-    for module_name, module in net.method.named_modules():
-        if module_name == "cohort" or module_name.startswith("cohort.") or isinstance(module, nn.modules.batchnorm._NormBase):
-            continue
-        for name, buffer in list(module._buffers.items()):
-            if buffer is None or buffer.numel() == 0:
-                continue
-            module._buffers[name] = buffer.new_empty(0)
-            try:
-                unchanged = torch.equal(net(example), reference)
-            except (RuntimeError, IndexError, ValueError):
-                unchanged = False
-            if not unchanged:
-                module._buffers[name] = buffer
+    candidates = [
+        (module, name)
+        for module_name, module in net.method.named_modules()
+        if module_name != "cohort" and not module_name.startswith("cohort.")
+        and not isinstance(module, nn.modules.batchnorm._NormBase)
+        for name, buffer in module._buffers.items()
+        if buffer is not None and buffer.numel() > 0
+    ]
+
+    def unchanged() -> bool:
+        try:
+            return torch.equal(net(example), reference)
+        except (RuntimeError, IndexError, ValueError):
+            return False
+
+    saved = {(id(m), n): m._buffers[n] for m, n in candidates}
+    for group in ([candidates], [[c] for c in candidates]):
+        for subset in group:
+            for module, name in subset:
+                module._buffers[name] = saved[(id(module), name)].new_empty(0)
+            if not unchanged():
+                for module, name in subset:
+                    module._buffers[name] = saved[(id(module), name)]
+            elif subset is candidates:
+                return
 
 
 def normalisation(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The per-channel (mean, std) the training pipeline applied to images in [0, 1]."""
-    from okd.data import CIFAR100_MEAN, CIFAR100_STD, DIGITS_MEAN, DIGITS_STD, IMAGENET_MEAN, IMAGENET_STD
+    from okd.data import (
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+        DIGITS_MEAN,
+        DIGITS_STD,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
     from okd.data.synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD
 
     table = {"cifar100": (CIFAR100_MEAN, CIFAR100_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
@@ -185,16 +207,17 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     """Write one peer or the ensemble in ``fmt``, then check its logits against the checkpoint's."""
     if fmt not in FORMATS:
         raise OKDUserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if peer == "ensemble" and fmt == "state_dict":
+        raise OKDUserError("--peer ensemble needs --format torchscript or onnx: a plain state dict holds one network")
     loaded = load_method(checkpoint)
     index = peer_index(loaded.method, peer)
     size = loaded.input_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if index is None:
-            if fmt == "state_dict":
-                raise OKDUserError("--peer ensemble needs --format torchscript or onnx: a plain state dict holds one network")
-            net: nn.Module = EnsembleNet(loaded.method).eval()
-            _prune_unused_buffers(net, example)
+            ensemble = EnsembleNet(loaded.method).eval()
+            _prune_unused_buffers(ensemble, example)
+            net: nn.Module = ensemble
             reference = net(example)
         else:
             net = peer_network(loaded.method, index, loaded.num_classes)

@@ -76,7 +76,8 @@ def notes(table: Table) -> list[str]:
     if table.kind == "ablation":
         out.append("+MCL: MCL-OKD with --alpha 0 (no DOT loss); +MCL+DOT: MCL-OKD with alpha > 0 (the full method).")
     else:
-        out.append("MCL-OKD: runs with alpha > 0; alpha 0 runs are the +MCL ablation. Ens: the method's own ensemble of all peers.")
+        out.append("MCL-OKD: runs with alpha > 0; alpha 0 runs are the +MCL ablation. "
+                   "Ens: the method's own ensemble of all peers.")
     if table.paper:
         source = dataset_name(PAPER_DATASET[table.kind])
         if table.comparable:

@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 
 from okd.report.collect import RunRecord
 from okd.report.complexity import complexity
-from okd.report.paper import CIFAR_ROWS, IMAGENET_ROWS, METHOD_NAMES, PAPER_DATASET, dataset_name, model_name, paper_complexity, paper_figures
+from okd.report.paper import (
+    CIFAR_ROWS,
+    IMAGENET_ROWS,
+    METHOD_NAMES,
+    PAPER_DATASET,
+    dataset_name,
+    model_name,
+    paper_complexity,
+    paper_figures,
+)
 
 TABLE_KINDS = ("main", "imagenet", "ablation")
 
