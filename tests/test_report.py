@@ -195,6 +195,24 @@ def test_paper_columns(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert f"{summary['last']['deployed']['top1'] - 24.92:+.2f}" in out
 
 
+def test_imagenet_table(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Real summaries relabelled as ResNet-34 on ImageNet fill the ImageNet table; DML there is in no table."""
+    for method in ("baseline", "mcl_okd", "dml"):
+        dst = tmp_path / method
+        shutil.copytree(Job(method, "resnet32", "synthetic", 0).out(runs), dst)
+        summary = json.loads((dst / "summary.json").read_text())
+        (dst / "summary.json").write_text(json.dumps({**summary, "dataset": "imagenet", "arch": "resnet34"}))
+    code, out, err = _report(capsys, tmp_path, "--paper", "--format", "json")
+    assert code == 0 and "dml resnet34 on imagenet) is in none of the tables" in err
+    (table,) = json.loads(out)["tables"]
+    assert table["table"] == "imagenet" and [c["header"] for c in table["columns"]] == ["Baseline", "MCL-OKD", "MCL-OKD (Ens)"]
+    cells = table["rows"][0]["cells"]
+    mcl = _summary(runs, "mcl_okd")
+    assert cells["mcl_okd"]["top1_mean"] == mcl["last"]["deployed"]["top1"] and cells["mcl_okd"]["paper_top1"] == 24.64
+    assert cells["mcl_okd_ens"]["diff_ens_top1"] == pytest.approx(mcl["last"]["ensemble"]["top1"] - 23.26)
+    assert cells["baseline"]["paper_top1"] == 25.43
+
+
 @pytest.mark.parametrize("make", ["missing", "empty", "only-unfinished", "other-dataset"])
 def test_bad_input_exits_2(make: str, runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = {"missing": [tmp_path / "nope"], "empty": [tmp_path],
