@@ -67,13 +67,12 @@ def _table_axes(ax: Any, table: Table) -> None:
             ax.scatter(*zip(*published), marker="_", s=250, linewidths=2, color="red", zorder=4, label="paper (deployed)")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))  # one "ensemble" entry, not one per column
-    ax.legend(unique.values(), unique.keys(), fontsize="small", ncols=min(4, max(len(unique), 1)))
+    ax.legend(unique.values(), unique.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xticks(range(len(rows)), [row.model for row in rows])
     ax.set_ylabel("top-1 error (%), bars: deployed peer")
     title = table.title.split(" (ensemble")[0]
     ax.set_title(title + (", best epoch (optimistic)" if table.epoch == "best" else ", last epoch"), fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
-    ax.margins(y=0.2)  # room for the legend above the tallest bar
     if not rows:
         ax.text(0.5, 0.5, "no finished runs", transform=ax.transAxes, ha="center", va="center")
 
