@@ -73,7 +73,7 @@ def bn_check(job: dict[str, Any], rank: int, world: int) -> None:
         sync = convert_sync_batchnorm(nn.Sequential(_copy(plain)), "cpu")[0]
         assert isinstance(sync, SyncBatchNorm)
         lo, hi = (0, 7) if rank == 0 else (7, 11)
-        key = f"{len(shape) - 2}d"
+        key = "bn2d" if len(shape) == 4 else "bn1d"
         for step in range(2):
             xg = x.clone().requires_grad_(True)
             ref = plain(xg)

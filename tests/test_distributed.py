@@ -7,10 +7,12 @@ batch), so weights, BatchNorm statistics, MCL-OKD memory banks and test errors a
 rounding. Those comparisons train in float64 (dist_worker.float64_mode): in float32 these tiny
 noisy runs are chaotic, and two single-process runs whose initial weights differ by 1e-7 are
 1e-1 apart after 8 steps. The float32 path is covered by the BatchNorm check, the resume test
-(DDP against DDP, bit for bit) and the failure test. MCL-OKD's negatives are drawn per rank from the per-rank RNG, so single vs DDP
-contrastive losses differ by sampling: the single-vs-DDP comparison runs MCL-OKD with --beta 0
-(its banks are still updated from the live embeddings, which depend on the weights), and the
-full method is checked against itself (ranks agree; resume equals an uninterrupted DDP run).
+(DDP against DDP, bit for bit) and the failure tests.
+
+MCL-OKD's negatives are drawn per rank from the per-rank RNG, so single vs DDP contrastive losses
+differ by sampling: the single-vs-DDP comparison runs MCL-OKD with --beta 0 (its banks are still
+updated from the live embeddings, which depend on the weights), and the full method is checked
+against itself (the ranks agree; a resumed run equals an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ pytestmark = pytest.mark.slow  # two-process end-to-end runs: ~30-60 s for the w
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("dist_worker.py")
 WORLD = 2
-TINY = ["--dataset", "synthetic", "--synthetic-train", "16", "--synthetic-size", "16", "--synthetic-test", "21", "--synthetic-classes", "4",
-        "--batch-size", "8", "--eval-batch-size", "4", "--device", "cpu"]  # 21 test images: shards of 11 and 10
+TINY = ["--dataset", "synthetic", "--synthetic-train", "16", "--synthetic-size", "16", "--synthetic-classes", "4",
+        "--synthetic-test", "21", "--batch-size", "8", "--eval-batch-size", "4", "--device", "cpu"]  # shards of 11 and 10
 MCL = ["--method", "mcl_okd", "--num-peers", "2", "--nce-k", "8"]
 SINGLE_VS_DDP = {  # name: options; each compared single process vs 2 ranks with --sync-bn
     "baseline": ["--epochs", "2"],
@@ -53,7 +55,7 @@ SINGLE_VS_DDP = {  # name: options; each compared single process vs 2 ranks with
     "one": ["--method", "one", "--num-peers", "2", "--epochs", "1"],
     "okddip": ["--method", "okddip", "--num-peers", "3", "--epochs", "1"],
 }
-ATOL = 1e-5
+ATOL = 1e-8  # float64 runs agree to ~1e-13 (float32 single-process noise alone would be ~1e-7 per step)
 
 
 def torchrun(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
@@ -95,10 +97,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         jobs.append({"kind": "train", "argv": argv, "dump": str(base / "dump" / name), "float64": True})
     # full MCL-OKD (contrastive term on), without --sync-bn: uninterrupted vs stopped after 1 epoch + resumed
     full = [*TINY, *MCL, "--quiet"]
-    jobs.append({"kind": "train", "argv": [*full, "--epochs", "2", "--out", str(base / "ddp" / "mcl_full")], "dump": str(base / "dump" / "mcl_full")})
-    jobs.append({"kind": "train", "argv": [*full, "--epochs", "1", "--out", str(base / "ddp" / "mcl_split")], "dump": str(base / "dump" / "mcl_split1")})
-    jobs.append({"kind": "train", "argv": [*full, "--epochs", "2", "--resume", "--out", str(base / "ddp" / "mcl_split")], "dump": str(base / "dump" / "mcl_split")})
-    jobs.append({"kind": "eval", "checkpoint": str(base / "single" / "baseline" / "last.pt"), "eval_batch_size": 4, "dump": str(base / "dump" / "eval")})
+    for dump, out, extra in (("mcl_full", "mcl_full", ["--epochs", "2"]), ("mcl_split1", "mcl_split", ["--epochs", "1"]),
+                             ("mcl_split", "mcl_split", ["--epochs", "2", "--resume"])):
+        jobs.append({"kind": "train", "argv": [*full, *extra, "--out", str(base / "ddp" / out)], "dump": str(base / "dump" / dump)})
+    checkpoint = str(base / "single" / "baseline" / "last.pt")
+    jobs.append({"kind": "eval", "checkpoint": checkpoint, "eval_batch_size": 4, "dump": str(base / "dump" / "eval")})
     (base / "jobs.json").write_text(json.dumps(jobs))
     proc = torchrun(str(WORKER), str(base / "jobs.json"))
     try:
@@ -115,9 +118,9 @@ def test_sync_batchnorm_equals_batchnorm_on_the_global_batch(runs: Path) -> None
     # inputs of mean 100 split 7 + 4 rows; outputs, input/weight gradients and running stats agree
     for dump in dumps(runs / "dump" / "bn"):
         diffs = dump["diffs"]
-        assert {"2d_out_1", "0d_grad_input_1", "2d_running_var", "0d_eval_out"} <= diffs.keys()
+        assert {"bn2d_out_1", "bn1d_grad_input_1", "bn2d_running_var", "bn1d_eval_out"} <= diffs.keys()
         assert max(diffs.values()) < 1e-4, {k: v for k, v in diffs.items() if v >= 1e-4}
-        assert diffs["2d_batches_tracked"] == 0 and diffs["0d_batches_tracked"] == 0
+        assert diffs["bn2d_batches_tracked"] == 0 and diffs["bn1d_batches_tracked"] == 0
 
 
 @pytest.mark.parametrize("name", list(SINGLE_VS_DDP))
@@ -135,7 +138,7 @@ def test_ddp_with_sync_bn_equals_one_process(runs: Path, name: str) -> None:
     single_records, ddp_records = records(runs / "single" / name), records(runs / "ddp" / name)
     assert [r["test"] for r in ddp_records] == [r["test"] for r in single_records]
     for a, b in zip(single_records, ddp_records):  # logged losses describe the global batch
-        assert b["train"] == pytest.approx(a["train"], rel=1e-4, abs=1e-6)
+        assert b["train"] == pytest.approx(a["train"], rel=1e-5, abs=1e-6)
 
 
 def test_mcl_okd_banks_are_gathered_from_every_rank(runs: Path) -> None:
@@ -160,9 +163,9 @@ def test_resume_under_torchrun_equals_an_uninterrupted_run(runs: Path) -> None:
     assert full["epoch"] == split["epoch"] == 2
     for key, value in full["model"].items():
         assert torch.equal(value, split["model"][key]), key
-    momentum = lambda s: [v["momentum_buffer"] for v in s["optimizer"]["state"].values()]  # noqa: E731
+    momentum = lambda s: [v["momentum_buffer"] for v in s["optimizer"]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(momentum(full), momentum(split)))
-    key = lambda r: (r["epoch"], r["lr"], r["train"], r["test"])  # noqa: E731
+    key = lambda r: (r["epoch"], r["lr"], r["train"], r["test"])
     assert [key(r) for r in records(runs / "ddp" / "mcl_split")] == [key(r) for r in records(runs / "ddp" / "mcl_full")]
     for name in ("mcl_full", "mcl_split"):  # without --sync-bn: rank 0's BN statistics are shared before evaluation
         per_rank = dumps(runs / "dump" / name)
@@ -207,11 +210,11 @@ def _alive(pid: int) -> bool:
 
 
 def _start_and_wait_for_training(out: Path, marker: str, timeout_s: str) -> subprocess.Popen:
-    """A long ``okd train`` under torchrun, returned once its first epoch is done."""
+    """A long ``okd train`` under torchrun, returned once it trains (rank 0 logs its banner after set-up)."""
     proc = torchrun("-m", "okd", "train", *TINY, "--epochs", "200", "--quiet", "--out", str(out),
                     env={"OKD_TEST_LAUNCH": marker, "OKD_DIST_TIMEOUT_S": timeout_s})
     deadline = time.monotonic() + 120
-    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text()):
+    while not ((out / "train.log").exists() and (out / "train.log").read_text()):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"the run did not start:\n{proc.communicate()[1][-3000:]}")
@@ -248,14 +251,14 @@ def test_a_killed_rank_stops_the_run_within_seconds(tmp_path: Path) -> None:
     assert elapsed < 60, f"the surviving rank took {elapsed:.0f} s to stop"
     assert "Connection closed by peer" in stderr or "Connection reset by peer" in stderr, stderr[-3000:]
     assert "Signal 9 (SIGKILL)" in stderr, stderr[-3000:]  # torchrun names the rank that died
-    assert len(records(out)) < 200 and not json.loads((out / "summary.json").read_text())["finished"]
+    assert not (out / "metrics.jsonl").exists() or len(records(out)) < 200
     print(f"surviving rank stopped {elapsed:.1f} s after rank 1 was killed")
 
 
 @needs_proc
 def test_a_hung_rank_makes_the_others_time_out(tmp_path: Path) -> None:
     out, marker = tmp_path / "run", uuid.uuid4().hex
-    proc = _start_and_wait_for_training(out, marker, "8")  # OKD_DIST_TIMEOUT_S
+    proc = _start_and_wait_for_training(out, marker, "6")  # OKD_DIST_TIMEOUT_S
     try:
         hung, survivor = _rank_pid(marker, 1), _rank_pid(marker, 0)
         assert hung is not None and survivor is not None
@@ -268,9 +271,9 @@ def test_a_hung_rank_makes_the_others_time_out(tmp_path: Path) -> None:
     finally:
         stderr = _finish(proc)
     assert proc.returncode != 0
-    assert 8 <= elapsed < 40, f"rank 0 stopped {elapsed:.0f} s after rank 1 hung (timeout 8 s)"
+    assert 6 <= elapsed < 40, f"rank 0 stopped {elapsed:.0f} s after rank 1 hung (timeout 6 s)"
     assert "Timed out" in stderr or "timed out" in stderr, stderr[-3000:]
-    print(f"rank 0 gave up {elapsed:.1f} s after rank 1 hung (OKD_DIST_TIMEOUT_S=8)")
+    print(f"rank 0 gave up {elapsed:.1f} s after rank 1 hung (OKD_DIST_TIMEOUT_S=6)")
 
 
 def test_collective_timeout_can_be_lowered(monkeypatch: pytest.MonkeyPatch) -> None:

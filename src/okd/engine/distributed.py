@@ -44,7 +44,7 @@ def is_distributed() -> bool:
 def current() -> DistInfo:
     if not (dist.is_available() and dist.is_initialized()):
         return DistInfo()
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -136,7 +136,7 @@ def process_group(device: str) -> Iterator[DistInfo]:
         return
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=collective_timeout())
     try:
         yield current()
