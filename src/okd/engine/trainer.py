@@ -323,6 +323,7 @@ class Trainer:
             group["lr"] = lr
         self.forward.train()
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_terms: torch.Tensor | None = None  # which terms were non-finite at first_bad, kept on device
         began = time.perf_counter()
         bar = progress(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=self.quiet or not self.is_main)
         losses: dict[str, torch.Tensor] = {}
@@ -339,31 +340,37 @@ class Trainer:
             if not result.stepped:
                 self._log(f"skipped step {step} of epoch {epoch + 1}: non-finite loss ({self._bad_terms(losses)})")
                 continue
-            first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=self.device), first_bad)
+            is_first = (first_bad < 0) & ~finite
+            term_bad = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()])
+            bad_terms = term_bad & is_first if bad_terms is None else torch.where(is_first, term_bad, bad_terms)
+            first_bad = torch.where(is_first, torch.tensor(step, device=self.device), first_bad)
             sums.add(losses, total, batch.images.shape[0])
             bar.update(1)
             if (step + 1) % cfg.log_interval == 0 or step + 1 == self.steps_per_epoch:
-                self._check_finite(first_bad, losses, epoch)
+                self._check_finite(first_bad, bad_terms, losses, epoch)
                 bar.set_postfix(loss=f"{sums.terms['total'].item() / max(sums.steps, 1):.4f}")
             if stop.received is not None:
-                self._check_finite(first_bad, losses, epoch)
+                self._check_finite(first_bad, bad_terms, losses, epoch)
                 sums.seconds += time.perf_counter() - began
                 self._save(self.run.last, epoch, step + 1, sums)
                 bar.close()
                 raise TrainingInterrupted(stop.received, epoch, step + 1, self.run.path)
         bar.close()
-        self._check_finite(first_bad, losses, epoch)
+        self._check_finite(first_bad, bad_terms, losses, epoch)
         sums.seconds += time.perf_counter() - began
 
-    def _bad_terms(self, losses: dict[str, torch.Tensor]) -> str:
-        bad = [name for name, value in losses.items() if not torch.isfinite(value.detach()).all()]
+    def _bad_terms(self, losses: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> str:
+        if mask is None:
+            mask = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()])
+        bad = [name for name, flag in zip(losses, mask.tolist(), strict=True) if flag]
         return ", ".join(bad) or "total"
 
-    def _check_finite(self, first_bad: torch.Tensor, losses: dict[str, torch.Tensor], epoch: int) -> None:
+    def _check_finite(self, first_bad: torch.Tensor, bad_terms: torch.Tensor | None, losses: dict[str, torch.Tensor], epoch: int) -> None:
         step = int(first_bad.item())
         if step >= 0:
+            # name the terms of the first bad step, not of the last one (by then every term is NaN)
             raise NonFiniteLoss(
-                f"non-finite loss at epoch {epoch + 1}, step {step} (term: {self._bad_terms(losses)}); "
+                f"non-finite loss at epoch {epoch + 1}, step {step} (term: {self._bad_terms(losses, bad_terms)}); "
                 f"stopped, the last good checkpoint is {self.run.last} (try a lower --lr, or --nan-policy skip-step)"
             )
 
