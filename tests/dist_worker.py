@@ -44,18 +44,23 @@ def float64_mode() -> Iterator[None]:
     """
     from okd.data import augment
 
-    dtype, call = torch.get_default_dtype(), augment.Normalizer.__call__
+    dtype, call, minor = torch.get_default_dtype(), augment.Normalizer.__call__, augment.Normalizer.channels_minor
 
     def call_float64(self: augment.Normalizer, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         return call(self, images, channels_last).double()
 
+    def minor_float64(self: augment.Normalizer, images_bhwc: torch.Tensor) -> torch.Tensor:
+        return minor(self, images_bhwc).double()
+
     torch.set_default_dtype(torch.float64)
     augment.Normalizer.__call__ = call_float64  # type: ignore[method-assign]
+    augment.Normalizer.channels_minor = minor_float64  # type: ignore[method-assign]
     try:
         yield
     finally:
         torch.set_default_dtype(dtype)
         augment.Normalizer.__call__ = call  # type: ignore[method-assign]
+        augment.Normalizer.channels_minor = minor  # type: ignore[method-assign]
 
 
 def bn_check(job: dict[str, Any], rank: int, world: int) -> None:

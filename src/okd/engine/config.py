@@ -60,7 +60,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = False
-    channels_last: bool | None = None  # default: on for CUDA
+    channels_last: bool | None = None  # default: on (CPU and CUDA)
     compile: bool = False
     sgd_impl: str = "auto"  # auto (fused on CUDA, foreach on CPU) | fused | foreach | loop
     deterministic: bool = False
