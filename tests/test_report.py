@@ -299,3 +299,12 @@ def test_reproduce_cli_run_returns_the_failing_exit_code(tmp_path: Path, monkeyp
 def test_reproduce_unknown_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reproduce", "--table", "cifar10"]) == 2
     assert "unknown table" in capsys.readouterr().err
+
+
+def test_arch_filter_keeps_only_those_rows(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _report(capsys, runs, "--arch", "resnet32", "--table", "main")
+    assert code == 0
+    models = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "Model" not in line]
+    assert models == ["ResNet-32"]
+    code, _, err = _report(capsys, runs, "--arch", "resnet33")
+    assert code == 2 and "resnet33" in err and "resnet32" in err

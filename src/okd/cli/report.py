@@ -17,6 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="only this dataset's runs (default: one set of tables per dataset found)")
     p.add_argument("--table", action="append", choices=("main", "imagenet", "ablation"),
                    help="only these tables (repeatable; default: main + ablation, or imagenet for ImageNet runs)")
+    p.add_argument("--arch", action="append", metavar="ARCH",
+                   help="only these backbones' rows (repeatable; default: every row of the paper's table)")
     p.add_argument("--epoch", choices=("last", "best"), default="last",
                    help="last epoch (default) or best epoch per head (selected on the test set: optimistic)")
     p.add_argument("--paper", action="store_true", help="show the original paper's figures and our difference")
@@ -45,6 +47,12 @@ def run(args: argparse.Namespace) -> int:
     datasets = [args.dataset] if args.dataset else present
     kinds = tuple(dict.fromkeys(args.table)) if args.table else None
     tables = build_tables(runs, datasets, kinds, args.epoch, args.paper)
+    if args.arch:
+        from okd.models import resolve_backbone_name
+
+        wanted = {resolve_backbone_name(a) for a in args.arch}
+        for table in tables:
+            table.rows = [row for row in table.rows if row.arch in wanted]
     for warning in consistency_warnings(tables):
         print(f"okd report: note: {warning}", file=sys.stderr)
     for extra in [] if args.table else unused_runs(tables, runs):
