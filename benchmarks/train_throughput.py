@@ -277,15 +277,14 @@ def run_case(args: argparse.Namespace, method: str, arch: str) -> dict[str, Any]
     row: dict[str, Any] = {"method": method, "arch": arch, "batch": batch, "peers": case["method"].num_peers,
                            "build_seconds": time.perf_counter() - built, "threads": torch.get_num_threads()}
     row.update(time_training(case, args.steps, args.warmup, args.profile))
+    if args.data_only:
+        row["data_only"] = time_data(case, args.steps, args.warmup)
     if args.original_style:
         del case
         original = build_case(method, arch, batch_size=batch, num_peers=args.num_peers, device=args.device,
                               num_train=args.num_train, channels_last=False, sgd_impl="loop")
         make_original_style(original, args.pil_workers)
         row["original_style"] = time_training(original, args.steps, args.warmup)
-        return row
-    if args.data_only:
-        row["data_only"] = time_data(case, args.steps, args.warmup)
     return row
 
 
