@@ -194,3 +194,36 @@ def test_memory_does_not_grow_across_epochs(tmp_path: Path) -> None:
     assert main(["train", *TINY, "--out", str(out), "--epochs", "6", "--method", "mcl_okd", "--num-peers", "2", "--nce-k", "16"]) == 0
     rss = [r["rss_mb"] for r in read_metrics(out / "metrics.jsonl")]
     assert len(rss) == 6 and rss[5] - rss[0] < 8, rss
+
+
+def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC from the second checkpoint write on: a clear error, epoch 1's last.pt intact, no temp files."""
+    import errno
+
+    import okd.engine.checkpoint as checkpoint
+
+    real_save = checkpoint.save_checkpoint
+    saves = {"n": 0}
+
+    def full_disk_fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def counting_save(path: Path, state: dict) -> None:
+        saves["n"] += 1
+        if saves["n"] > 1:  # the first epoch's checkpoints get through, then the disk is full
+            monkeypatch.setattr(checkpoint.os, "fsync", full_disk_fsync)
+        real_save(path, state)
+
+    import okd.engine.trainer as trainer
+
+    monkeypatch.setattr(trainer, "save_checkpoint", counting_save)
+    out = tmp_path / "run"
+    code = main(["train", *TINY, "--out", str(out), "--epochs", "3"])
+    err = capsys.readouterr().err
+    monkeypatch.undo()
+    assert code == 2
+    assert "No space left on device" in err and "traceback" not in err.lower()
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert not list(out.glob(".*.tmp"))
+    assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
