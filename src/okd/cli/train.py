@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 from typing import Any
 
 from okd.engine.config import TrainConfig, config_from_mapping, load_yaml_config
-from okd.errors import OKDUserError
 
 SUPPRESS = argparse.SUPPRESS
 
