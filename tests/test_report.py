@@ -270,6 +270,36 @@ def test_reproduce_prints_a_parsable_command_per_cell(capsys: pytest.CaptureFixt
     assert all(line.endswith("--amp") for line in imagenet[1:])
 
 
+def test_reproduce_pins_the_recipe_values(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recipe-filled values are written into each command, from okd train's own recipe code."""
+    import okd.engine.recipe as recipe
+    from okd.cli.train import config_from_args
+    from okd.engine.recipe import resolve_config
+
+    lines = _commands(capsys, "--table", "ablation", "--arch", "vgg16", "--data", "/d")
+    assert lines[1:] == [
+        "okd train --method baseline --arch vgg16 --dataset cifar100 --data /d --epochs 300 --batch-size 128 --lr 0.1 "
+        "--wd 0.0005 --num-peers 1 --seed 0 --out runs/cifar100/vgg16/baseline/seed0",
+        "okd train --method mcl_okd --arch vgg16 --dataset cifar100 --data /d --alpha 0 --epochs 300 --batch-size 64 "
+        "--lr 0.05 --wd 0.0005 --num-peers 4 --nce-k 16384 --seed 0 --out runs/cifar100/vgg16/mcl_okd-alpha0/seed0",
+        "okd train --method mcl_okd --arch vgg16 --dataset cifar100 --data /d --epochs 300 --batch-size 64 --lr 0.05 "
+        "--wd 0.0005 --num-peers 4 --nce-k 16384 --seed 0 --out runs/cifar100/vgg16/mcl_okd/seed0",
+    ]
+    parser = build_parser()
+    recipe_flag_names = {"--epochs", "--batch-size", "--lr", "--wd", "--num-peers", "--nce-k"}
+    for line in lines[1:]:  # each pinned value is what okd train would have chosen without it
+        argv = shlex.split(line)[1:]
+        pinned = resolve_config(config_from_args(parser.parse_args(argv)))
+        bare = [a for i, a in enumerate(argv) if not (a in recipe_flag_names or argv[i - 1] in recipe_flag_names)]
+        assert resolve_config(config_from_args(parser.parse_args(bare))) == pinned
+    # flags the user passes after `--` are theirs, not pinned twice
+    (line,) = _commands(capsys, "--table", "imagenet", "--method", "mcl_okd", "--", "--epochs", "5", "--num-peers", "2")[1::2]
+    assert line.count("--epochs") == line.count("--num-peers") == 1 and line.endswith("--epochs 5 --num-peers 2")
+    # a later change of okd train's recipe changes the commands with it (no duplicated defaults)
+    monkeypatch.setattr(recipe, "NCE_K_BY_BACKBONE", {**recipe.NCE_K_BY_BACKBONE, "vgg16": 4096})
+    assert "--nce-k 4096" in _commands(capsys, "--table", "ablation", "--arch", "vgg16")[-1]
+
+
 def test_reproduce_run_stops_at_first_failure(tmp_path: Path) -> None:
     jobs = table_jobs("imagenet", [0, 1])
     calls: list[list[str]] = []
