@@ -116,6 +116,80 @@ def test_onnx_matches_within_round_off(checkpoints: dict[str, Path], tmp_path: P
     assert single.shape == (1, 5)
 
 
+@torch.no_grad()
+def test_onnx_single_peer_is_the_plain_backbone(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    method, images = _reference(checkpoints["mcl_okd"])
+    _export(checkpoints["mcl_okd"], "deployed", "onnx", tmp_path / "peer.onnx")
+    session = ort.InferenceSession(str(tmp_path / "peer.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+    expected = method(images).logits[method.deployed_peer]
+    assert method.deployed_peer == 1 and not torch.allclose(expected, method(images).logits[0])  # not any peer
+    scale = max(1.0, float(expected.abs().max()))
+    assert got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-4 * scale
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "peer.onnx")).metadata_props}
+    assert meta["peer"] == "1" and meta["arch"] == '"resnet32"'
+
+
+@pytest.mark.parametrize("fmt, relative_error", [("state_dict", 0.0), ("torchscript", 1e-4), ("onnx", 1e-2)])
+def test_logit_mismatch_exits_2_and_writes_nothing(fmt: str, relative_error: float, checkpoints: dict[str, Path],
+                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The exported file is re-run before it is moved into place; a perturbed re-run must fail the export."""
+    if fmt == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+    from okd.report import export_formats
+
+    run_file = getattr(export_formats, f"run_{fmt}")
+
+    def perturbed(path: Path, example: torch.Tensor) -> torch.Tensor:
+        logits = run_file(path, example).clone()
+        if relative_error == 0.0:  # one float32 ulp: a state dict must give bit-identical logits
+            logits[0, 0] = torch.nextafter(logits[0, 0], torch.tensor(float("inf")))
+        else:
+            logits[0, 0] += relative_error * max(1.0, float(logits.abs().max()))
+        return logits
+
+    monkeypatch.setattr(export_formats, f"run_{fmt}", perturbed)
+    out = tmp_path / "exports" / f"model.{fmt}"
+    code = main(["export", "--checkpoint", str(checkpoints["mcl_okd"]), "--format", fmt, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not reproduce the checkpoint's logits" in err and err.count("\n") == 1
+    assert list(out.parent.iterdir()) == []  # neither the file nor its temporary copy
+
+
+def test_onnx_within_round_off_passes_and_reports_the_check(checkpoints: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from okd.report import export_formats
+
+    run_onnx = export_formats.run_onnx
+    monkeypatch.setattr(export_formats, "run_onnx", lambda path, x: run_onnx(path, x) * (1 + 2e-5))
+    _export(checkpoints["one"], "0", "onnx", tmp_path / "m.onnx")
+    out = capsys.readouterr().out
+    assert "checked: max |logit difference|" in out and (tmp_path / "m.onnx").stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_onnx_without_onnxruntime_warns_it_is_unchecked(checkpoints: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    _export(checkpoints["one"], "0", "onnx", tmp_path / "m.onnx")
+    out, err = capsys.readouterr()
+    assert "NOT checked" in out and (tmp_path / "m.onnx").is_file()
+    warning = err.strip()
+    assert "\n" not in warning and "onnxruntime is not installed" in warning and "not compared" in warning
+    assert "pip install 'okd[export]'" in warning
+
+
 @pytest.mark.parametrize("args, message", [
     (["--peer", "7"], "peers 0..1"),
     (["--peer", "ensemble", "--format", "state_dict"], "torchscript or onnx"),

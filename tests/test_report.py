@@ -233,6 +233,61 @@ def test_plots(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["plot", str(mcl / "seed0")]) == 0 and (mcl / "seed0" / "test_error.png").is_file()
 
 
+def _captured_figures(monkeypatch: pytest.MonkeyPatch, module: object) -> list:
+    """Figures the plotting code saves, kept for inspection (the PNG is still written)."""
+    figures: list = []
+    save = module.save  # type: ignore[attr-defined]
+    monkeypatch.setattr(module, "save", lambda fig, path: figures.append(fig) or save(fig, path))
+    return figures
+
+
+def test_bar_chart_leaves_out_columns_without_runs(runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    import okd.report.plots as plots
+
+    figures = _captured_figures(monkeypatch, plots)
+    code, _, _ = _report(capsys, runs, "--plot", tmp_path / "table.png")
+    assert code == 0 and len(figures) == 1
+    main_ax, ablation_ax = figures[0].axes[:2]
+    legend = [t.get_text() for t in main_ax.get_legend().get_texts()]
+    assert {"Baseline", "DML", "MCL-OKD"} <= set(legend) and not {"CL-ILR", "ONE", "OKDDip"} & set(legend)
+    from matplotlib.container import BarContainer
+
+    assert sum(isinstance(c, BarContainer) for c in main_ax.containers) == 3
+    bars = sorted((p.get_x() + p.get_width() / 2, p.get_height()) for p in main_ax.patches)
+    expected = [_summary(runs, m)["last"]["deployed"]["top1"] for m in ("baseline", "dml")]
+    assert [h for _, h in bars[:2]] == expected  # baseline, DML side by side, no empty slot between
+    assert bars[1][0] - bars[0][0] == pytest.approx(0.8 / 3)
+    assert [t.get_text() for t in ablation_ax.get_xticklabels()] == ["ResNet-32"]
+
+
+def test_error_curves_keep_small_errors_readable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors falling from 90% to ~1% (and a 0 on the way) are drawn on a log axis that shows the last epochs."""
+    pytest.importorskip("matplotlib")
+    import okd.report.curves as curves
+
+    run = tmp_path / "run"
+    run.mkdir()
+    errors = [[90.0, 88.0], [30.0, 25.0], [5.0, 0.0], [1.39, 1.11], [1.11, 0.83]]
+    records = [{"epoch": e + 1, "lr": 0.1, "train": {"ce": 2.3 / 10 ** e, "total": 2.3 / 10 ** e - 5.0},
+                "test": {"peer0": {"top1": a}, "peer1": {"top1": b}, "ensemble": {"top1": min(a, b)}}}
+               for e, (a, b) in enumerate(errors)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    figures = _captured_figures(monkeypatch, curves)
+    curves.plot_run(run, tmp_path / "out")
+    error_ax = figures[0].axes[0]
+    assert error_ax.get_yscale() == "log"
+    low, high = error_ax.get_ylim()
+    assert 0 < low < 0.83 and high >= 90.0 and low > 0.83 / 2  # the floor sits just below the smallest error
+    peer1 = error_ax.get_lines()[1]
+    assert list(peer1.get_ydata()) == [88.0, 25.0, low, 1.11, 0.83]  # the zero is drawn on the floor, not dropped
+    assert [t.get_text() for t in error_ax.get_legend().get_texts()] == ["peer0: 1.11%", "peer1: 0.83%",
+                                                                           "ensemble: 0.83%"]
+    ce_ax, total_ax = figures[1].axes[:2]
+    assert ce_ax.get_yscale() == "log" and total_ax.get_yscale() == "linear"  # a negative loss stays linear
+
+
 def test_plot_without_matplotlib(runs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
@@ -268,6 +323,36 @@ def test_reproduce_prints_a_parsable_command_per_cell(capsys: pytest.CaptureFixt
     assert sum(line.startswith("okd train") for line in imagenet) == 2
     assert sum(line.startswith("# torchrun --nproc_per_node 8 -m okd train") for line in imagenet) == 2
     assert all(line.endswith("--amp") for line in imagenet[1:])
+
+
+def test_reproduce_pins_the_recipe_values(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recipe-filled values are written into each command, from okd train's own recipe code."""
+    import okd.engine.recipe as recipe
+    from okd.cli.train import config_from_args
+    from okd.engine.recipe import resolve_config
+
+    lines = _commands(capsys, "--table", "ablation", "--arch", "vgg16", "--data", "/d")
+    assert lines[1:] == [
+        "okd train --method baseline --arch vgg16 --dataset cifar100 --data /d --epochs 300 --batch-size 128 --lr 0.1 "
+        "--wd 0.0005 --num-peers 1 --seed 0 --out runs/cifar100/vgg16/baseline/seed0",
+        "okd train --method mcl_okd --arch vgg16 --dataset cifar100 --data /d --alpha 0 --epochs 300 --batch-size 64 "
+        "--lr 0.05 --wd 0.0005 --num-peers 4 --nce-k 16384 --seed 0 --out runs/cifar100/vgg16/mcl_okd-alpha0/seed0",
+        "okd train --method mcl_okd --arch vgg16 --dataset cifar100 --data /d --epochs 300 --batch-size 64 --lr 0.05 "
+        "--wd 0.0005 --num-peers 4 --nce-k 16384 --seed 0 --out runs/cifar100/vgg16/mcl_okd/seed0",
+    ]
+    parser = build_parser()
+    recipe_flag_names = {"--epochs", "--batch-size", "--lr", "--wd", "--num-peers", "--nce-k"}
+    for line in lines[1:]:  # each pinned value is what okd train would have chosen without it
+        argv = shlex.split(line)[1:]
+        pinned = resolve_config(config_from_args(parser.parse_args(argv)))
+        bare = [a for i, a in enumerate(argv) if not (a in recipe_flag_names or argv[i - 1] in recipe_flag_names)]
+        assert resolve_config(config_from_args(parser.parse_args(bare))) == pinned
+    # flags the user passes after `--` are theirs, not pinned twice
+    (line,) = _commands(capsys, "--table", "imagenet", "--method", "mcl_okd", "--", "--epochs", "5", "--num-peers", "2")[1::2]
+    assert line.count("--epochs") == line.count("--num-peers") == 1 and line.endswith("--epochs 5 --num-peers 2")
+    # a later change of okd train's recipe changes the commands with it (no duplicated defaults)
+    monkeypatch.setattr(recipe, "NCE_K_BY_BACKBONE", {**recipe.NCE_K_BY_BACKBONE, "vgg16": 4096})
+    assert "--nce-k 4096" in _commands(capsys, "--table", "ablation", "--arch", "vgg16")[-1]
 
 
 def test_reproduce_run_stops_at_first_failure(tmp_path: Path) -> None:

@@ -70,26 +70,66 @@ def _style(n_epochs: int) -> dict[str, Any]:
 
 
 def plot_errors(run: RunCurves, path: Path) -> Path:
-    """Test top-1 error per epoch: every peer (thin), the peer mean (dashed) and the ensemble (thick)."""
+    """Test top-1 error per epoch: every peer (thin), the peer mean (dashed) and the ensemble (thick).
+
+    Errors fall from ~90% to a few percent, so a log axis keeps the final epochs (where the methods
+    differ) readable; each legend entry ends with the last epoch's value.
+    """
     fig = figure(8, 5)
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in run.records]
     style = _style(len(epochs))
     heads = list(run.records[-1]["test"])
     peers = sorted((h for h in heads if h.startswith("peer") and h[4:].isdigit()), key=lambda h: int(h[4:]))
+    drawn: list[float] = []
+
+    def curve(head: str, label: str, *fmt: str, **kwargs: Any) -> None:
+        values = _series(run, "test", head, "top1")
+        drawn.extend(values)
+        ax.plot(epochs, values, *fmt, label=f"{label}: {_last(values)}", **kwargs, **style)
+
     for head in peers:
-        label = head + (" (deployed)" if run.deployed_peer is not None and head == f"peer{run.deployed_peer}" else "")
-        ax.plot(epochs, _series(run, "test", head, "top1"), linewidth=1, alpha=0.8, label=label, **style)
+        deployed = run.deployed_peer is not None and head == f"peer{run.deployed_peer}"
+        curve(head, head + (" (deployed)" if deployed else ""), linewidth=1, alpha=0.8)
     if "peer_mean" in heads and len(peers) > 1:
-        ax.plot(epochs, _series(run, "test", "peer_mean", "top1"), "k--", linewidth=1.5, label="peer mean", **style)
+        curve("peer_mean", "peer mean", "k--", linewidth=1.5)
     if "ensemble" in heads and len(peers) > 1:
-        ax.plot(epochs, _series(run, "test", "ensemble", "top1"), color="black", linewidth=2.5, label="ensemble", **style)
+        curve("ensemble", "ensemble", color="black", linewidth=2.5)
     _epoch_axis(ax)
-    ax.set_ylabel("test top-1 error (%)")
+    log = _log_axis(ax, drawn, unit="%")
+    ax.set_ylabel("test top-1 error (%)" + (", log scale" if log else ""))
     ax.set_title(f"Test top-1 error: {run.title}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, which="both" if log else "major")
+    ax.legend(fontsize="small", title="last epoch", title_fontsize="small")
     return save(fig, path)
+
+
+def _last(values: list[float]) -> str:
+    finite = [v for v in values if v == v]
+    return f"{finite[-1]:.2f}%" if finite else "n/a"
+
+
+def _log_axis(ax: Any, values: list[float], unit: str = "") -> bool:
+    """A log y axis with plain-number ticks when the positive values span 10x or more; False if kept linear.
+
+    A value of 0 (no error at all) has no place on a log axis: the axis floor is put a little below the
+    smallest positive value and zeros are drawn on it, so they stay visible.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    finite = [v for v in values if v == v and abs(v) != float("inf")]
+    positive = [v for v in finite if v > 0]
+    if not positive or any(v < 0 for v in finite) or max(positive) < 10 * min(positive):
+        return False  # negative values, or too narrow a range for a log axis to help
+    low, high = min(positive) / 1.5, max(positive) * 1.3
+    for line in ax.get_lines():
+        line.set_ydata([low if y == 0 else y for y in line.get_ydata()])
+    ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}{unit}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return True
 
 
 def plot_losses(run: RunCurves, path: Path) -> Path:
@@ -103,11 +143,13 @@ def plot_losses(run: RunCurves, path: Path) -> Path:
     fig = figure(4.2 * cols, 3.2 * rows)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, term in zip(axes, terms):
-        ax.plot(epochs, _series(run, "train", term), color="C0", **_style(len(epochs)))
-        ax.set_title(term)
+        values = _series(run, "train", term)
+        ax.plot(epochs, values, color="C0", **_style(len(epochs)))
+        ax.set_title(f"{term}: last {values[-1]:.3g}")
         _epoch_axis(ax)
-        ax.set_ylabel("mean loss")
-        ax.grid(alpha=0.3)
+        log = _log_axis(ax, values)
+        ax.set_ylabel("mean loss" + (", log scale" if log else ""))
+        ax.grid(alpha=0.3, which="both" if log else "major")
     for ax in axes[len(terms):]:
         ax.set_visible(False)
     fig.suptitle(f"Training loss terms: {run.title}")

@@ -14,6 +14,8 @@ is training-only, is not loaded, and is emptied before export (a check proves th
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,16 +197,25 @@ def metadata(loaded: Loaded, peer: int | None) -> dict[str, Any]:
     return meta
 
 
+# Allowed max |exported - checkpoint| logit difference, relative to max(1, max |logit|).
+# state_dict re-runs the same PyTorch modules, so it must be bit-identical; the TorchScript trace runs
+# the same kernels (identical in practice; 1e-6 leaves room for a fused op); ONNX Runtime fuses and
+# reorders float32 arithmetic, whose round-off grows with the logits' size.
+TOLERANCE = {"state_dict": 0.0, "torchscript": 1e-6, "onnx": 1e-4}
+
+
 @dataclass
 class ExportResult:
     path: Path
     meta: dict[str, Any]
     max_abs_diff: float | None  # exported vs checkpoint logits on a random batch (None: no runtime to check)
     logit_scale: float  # max |logit| of that batch: float32 round-off scales with it
+    tolerance: float  # the largest max_abs_diff accepted for this format and logit scale
 
 
 def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Path) -> ExportResult:
-    """Write one peer or the ensemble in ``fmt``, then check its logits against the checkpoint's."""
+    """Write one peer or the ensemble in ``fmt`` to a temporary file, re-run that file, and move it to ``out``
+    only if its logits match the checkpoint's (``TOLERANCE``); otherwise nothing is left behind."""
     if fmt not in FORMATS:
         raise OKDUserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if peer == "ensemble" and fmt == "state_dict":
@@ -214,18 +225,24 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     size = loaded.input_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
+        output = loaded.method(example)  # the checkpoint's own logits, before anything is pruned or copied
         if index is None:
+            reference = loaded.method.ensemble_logits(output)
             ensemble = EnsembleNet(loaded.method).eval()
             _prune_unused_buffers(ensemble, example)
             net: nn.Module = ensemble
-            reference = net(example)
         else:
+            reference = output.logits[index]
             net = peer_network(loaded.method, index, loaded.num_classes)
-            reference = loaded.method(example).logits[index]
     meta = metadata(loaded, index)
     out = Path(out)
+    if out.is_dir():
+        raise OKDUserError(f"--out {out} is a folder; give a file name (e.g. {out / 'model.pt'})")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        os.chmod(name, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the exported file's mode
     except OSError as exc:
         raise OKDUserError(f"cannot write {out}: {exc.strerror or exc}") from None
     from okd.report import export_formats
@@ -233,10 +250,36 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     writer, runner = {"state_dict": (export_formats.save_state_dict, export_formats.run_state_dict),
                       "torchscript": (export_formats.save_torchscript, export_formats.run_torchscript),
                       "onnx": (export_formats.save_onnx, export_formats.run_onnx)}[fmt]
-    writer(net, example, meta, out)
-    produced = runner(out, example)
-    diff = None if produced is None else float((produced - reference).abs().max())
-    return ExportResult(out, meta, diff, float(reference.abs().max()))
+    scale = float(reference.abs().max())
+    tolerance = TOLERANCE[fmt] * max(1.0, scale)
+    temp = Path(name)
+    try:
+        writer(net, example, meta, temp)
+        produced = runner(temp, example)
+        diff = None if produced is None else _difference(produced, reference)
+        if diff is not None and not diff <= tolerance:  # `not <=`: a NaN difference fails too
+            raise OKDUserError(
+                f"the exported {fmt} model does not reproduce the checkpoint's logits: max |difference| {diff:.3g} > "
+                f"allowed {tolerance:.3g} (logits up to {scale:.3g}); {out} was not written")
+        try:
+            os.replace(temp, out)
+        except OSError as exc:
+            raise OKDUserError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        temp.unlink(missing_ok=True)
+    return ExportResult(out, meta, diff, scale, tolerance)
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def _difference(produced: torch.Tensor, reference: torch.Tensor) -> float:
+    if produced.shape != reference.shape:
+        return float("inf")
+    return float((produced.to(reference.dtype) - reference).abs().max())
 
 
 def load_exported_backbone(path: str | Path) -> nn.Module:

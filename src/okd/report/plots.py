@@ -44,17 +44,27 @@ def save(fig: Any, path: str | Path) -> Path:
 
 
 def _table_axes(ax: Any, table: Table) -> None:
-    """Grouped bars: one group per backbone, one bar per column (deployed peer); x = ensemble, red - = paper."""
-    columns = [c for c in table.columns if c.show != "ens"]  # an ensemble-only column is drawn as markers
+    """Grouped bars: one group per backbone, one bar per column (deployed peer); x = ensemble, red - = paper.
+
+    Rows and columns with nothing to draw are left out: an empty slot and a legend entry for a method
+    that was not run only push the real bars apart.
+    """
     with_paper = table.paper and table.comparable  # published figures of another dataset would mislead here
-    rows = [r for r in table.rows
-            if any(r.cells[c.key].n for c in columns) or (with_paper and any(r.cells[c.key].paper_single for c in columns))]
+
+    def drawn(row: Any, col: Any) -> bool:
+        cell = row.cells[col.key]
+        return bool(cell.n) or (with_paper and cell.paper_single is not None)
+
+    columns = [c for c in table.columns if c.show != "ens"]  # an ensemble-only column is drawn as markers
+    colour = {c.key: f"C{j}" for j, c in enumerate(columns)}  # a method keeps its colour when others are left out
+    rows = [r for r in table.rows if any(drawn(r, c) for c in columns)]
+    columns = [c for c in columns if any(drawn(r, c) for r in rows)]
     width = 0.8 / max(len(columns), 1)
     for j, col in enumerate(columns):
         xs = [i - 0.4 + width * (j + 0.5) for i in range(len(rows))]
         cells = [row.cells[col.key] for row in rows]
         heights = [c.single.mean if c.single else float("nan") for c in cells]
-        ax.bar(xs, heights, width, color=f"C{j}", label=col.header.replace(" (Ens)", ""))
+        ax.bar(xs, heights, width, color=colour[col.key], label=col.header.replace(" (Ens)", ""))
         spread = [(x, c.single.mean, c.single.std) for x, c in zip(xs, cells) if c.single and c.single.std is not None]
         if spread:
             ex, ey, err = zip(*spread)
@@ -67,7 +77,8 @@ def _table_axes(ax: Any, table: Table) -> None:
             ax.scatter(*zip(*published), marker="_", s=250, linewidths=2, color="red", zorder=4, label="paper (deployed)")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))  # one "ensemble" entry, not one per column
-    ax.legend(unique.values(), unique.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xticks(range(len(rows)), [row.model for row in rows])
     ax.set_ylabel("top-1 error (%), bars: deployed peer")
     title = table.title.split(" (ensemble")[0]

@@ -1,18 +1,22 @@
 """The ``okd train`` commands behind every cell of the paper's tables, and a sequential runner.
 
 Run folders are named ``<root>/<dataset>/<arch>/<method>[-alpha0]/seed<k>`` so that
-``okd report <root>`` finds every cell. Recipes (epochs, lr, batch, nce_k) are filled by
-``okd train`` itself, so the commands only name what differs between cells.
+``okd report <root>`` finds every cell. The values ``okd train`` would take from its recipe
+(epochs, batch size, lr, weight decay, peers, MCL-OKD's nce_k) are resolved by that same recipe code
+and written into each command, so a later change of a default cannot change what a printed command
+(or a table made from it) means.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 from okd.errors import OKDUserError
@@ -43,7 +47,38 @@ class Job:
             args += ["--data", str(data)]
         if self.alpha0:
             args += ["--alpha", "0"]
-        return args + ["--seed", str(self.seed), "--out", str(self.out(root)), *extra]
+        tail = ["--seed", str(self.seed), "--out", str(self.out(root)), *extra]
+        return args + recipe_flags(args + tail) + tail
+
+
+# okd train's config fields that its recipe fills when unset, and their flags
+RECIPE_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "wd": "--wd",
+                "num_peers": "--num-peers", "nce_k": "--nce-k"}
+
+
+@lru_cache(maxsize=1)
+def _train_parser() -> argparse.ArgumentParser:
+    from okd.cli.main import build_parser
+
+    return build_parser()
+
+
+def recipe_flags(train_argv: Sequence[str]) -> list[str]:
+    """The flags that pin the recipe values ``okd train train_argv`` would fill in (none for values it sets)."""
+    from okd.cli.train import config_from_args
+    from okd.engine.recipe import resolve_config
+
+    try:
+        given = config_from_args(_train_parser().parse_args(list(train_argv)))
+    except SystemExit:  # argparse already printed why
+        raise OKDUserError(f"not a valid okd train command: {shlex.join(train_argv)}") from None
+    # where the data lies does not change the recipe; a missing --data is okd train's error to report
+    resolved = resolve_config(replace(given, data=given.data or "DATA"))
+    flags = []
+    for field, flag in RECIPE_FLAGS.items():
+        if getattr(given, field) is None and getattr(resolved, field) is not None:
+            flags += [flag, str(getattr(resolved, field))]
+    return flags
 
 
 def table_jobs(table: str, seeds: Sequence[int], dataset: str | None = None,
