@@ -22,12 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto", batch_size: int | None = None,
                         limit_batches: int | None = None) -> dict:
-    from okd.engine.checkpoint import load_checkpoint
-    from okd.engine.config import config_from_mapping, replace
+    from okd.engine.checkpoint import load_checkpoint, state_dict_mismatch
+    from okd.engine.config import check_positive, config_from_mapping, replace
     from okd.engine.distributed import current
     from okd.engine.trainer import build_for_config, evaluate, resolve_device
     from okd.errors import OKDUserError
 
+    check_positive("limit_batches", limit_batches)  # 0 would report 100% error having evaluated nothing
+    check_positive("batch_size", batch_size)
+    dev = resolve_device(device)
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
     changes = {"download": False, "device": device}
@@ -36,12 +39,14 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
     if batch_size is not None:
         changes["eval_batch_size"] = batch_size
     cfg = replace(cfg, **changes)
-    dev = resolve_device(cfg.device)
-    _spec, _train, eval_loader, method = build_for_config(cfg, dev, current())
+    spec, _train, eval_loader, method = build_for_config(cfg, dev, current())
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise OKDUserError(f"checkpoint {path} does not match its own config's model: {str(exc).splitlines()[0][:200]}") from None
+        raise OKDUserError(
+            f"checkpoint {path} does not fit the {cfg.method} {cfg.arch} model its config and the data "
+            f"({spec.num_classes} classes) describe: {state_dict_mismatch(exc)}"
+        ) from None
     errors = evaluate(method, method, eval_loader, dev, limit=limit_batches)
     return {"checkpoint": str(path), "method": cfg.method, "arch": cfg.arch, "dataset": cfg.dataset,
             "epoch": state["epoch"], "deployed_peer": method.deployed_peer, "errors": errors}

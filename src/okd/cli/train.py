@@ -14,7 +14,7 @@ SUPPRESS = argparse.SUPPRESS
 def _bool_pair(group: argparse._ArgumentGroup, name: str, help: str) -> None:
     dest = name.replace("-", "_")
     group.add_argument(f"--{name}", dest=dest, action="store_true", default=SUPPRESS, help=help)
-    group.add_argument(f"--no-{name}", dest=dest, action="store_false", default=SUPPRESS, help=argparse.SUPPRESS)
+    group.add_argument(f"--no-{name}", dest=dest, action="store_false", default=SUPPRESS, help=f"turn --{name} off")
 
 
 def _lr_type(value: str) -> str:
@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--data", help="CIFAR-100 archive/folder (or its parent), or ImageNet root with train/ and val/")
     data.add_argument("--download", action="store_true", help="fetch CIFAR-100 into --data if missing (verifies its MD5)")
     data.add_argument("--workers", "--num-workers", dest="workers", type=int, help="ImageNet loader processes (default 8)")
-    for name in ("synthetic-train", "synthetic-test", "synthetic-classes", "synthetic-size"):
-        data.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
+    for name, what in (("train", "training images (512)"), ("test", "test images (256)"), ("classes", "classes (10)"),
+                       ("size", "image side in pixels (32)")):
+        data.add_argument(f"--synthetic-{name}", type=int, help=f"--dataset synthetic: {what}")
 
     opt = p.add_argument_group("optimisation (defaults: the recipe of the method and dataset)")
     opt.add_argument("--epochs", type=int)

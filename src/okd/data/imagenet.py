@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import InterpolationMode
@@ -60,6 +61,38 @@ def resized_crop_params(width: int, height: int, generator: torch.Generator, sca
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def load_image(folder: ImageFolder, path: str) -> Image.Image:
+    """Decode one image; a file PIL cannot read is the user's to fix (named, not a PIL traceback)."""
+    try:
+        return folder.loader(path)
+    except UnidentifiedImageError:
+        raise OKDUserError(f"cannot decode image {path}: not an image file PIL can identify (delete or replace it)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise OKDUserError(f"cannot decode image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from None
+
+
+def _worker_message(exc: OKDUserError) -> str:
+    """The original one-line message of an OKDUserError re-raised from a DataLoader worker.
+
+    The DataLoader re-raises a worker's exception in the main process with the worker's whole
+    traceback as its message; its last line is ``<module>.<class>: <message>``.
+    """
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def _batches(loader: DataLoader) -> Iterator[Any]:
+    """Iterate ``loader``; a user error raised in a worker process reaches the user as one line."""
+    try:
+        yield from loader
+    except OKDUserError as exc:
+        raise OKDUserError(_worker_message(exc)) from None
+
+
 class TrainFolder(Dataset):
     """Items are addressed by (index, epoch): RandomResizedCrop(224) + flip seeded per sample."""
 
@@ -72,7 +105,7 @@ class TrainFolder(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, epoch = key
         path, label = self.folder.samples[index]
-        image = self.folder.loader(path)
+        image = load_image(self.folder, path)
         generator = cpu_generator("okd.imagenet", self.seed, epoch, index)
         top, left, h, w = resized_crop_params(*image.size, generator)
         image = TF.resized_crop(image, top, left, h, w, [INPUT_SIZE, INPUT_SIZE], InterpolationMode.BILINEAR, antialias=True)
@@ -93,7 +126,7 @@ class EvalFolder(Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
         index = self.start + position
         path, label = self.folder.samples[index]
-        image = TF.resize(self.folder.loader(path), RESIZE, InterpolationMode.BILINEAR, antialias=True)
+        image = TF.resize(load_image(self.folder, path), RESIZE, InterpolationMode.BILINEAR, antialias=True)
         image = TF.center_crop(image, [INPUT_SIZE, INPUT_SIZE])
         return TF.pil_to_tensor(image), label, index
 
@@ -148,7 +181,7 @@ class FolderTrainLoader:
 
     def _iterate(self, epoch: int, start_step: int) -> Iterator[Batch]:
         self.sampler.epoch, self.sampler.start_step = epoch, start_step
-        for item in self.loader:
+        for item in _batches(self.loader):
             yield _to_batch(item, self.device, self.normalizer, self.channels_last)
 
 
@@ -164,7 +197,7 @@ class FolderEvalLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        for item in self.loader:
+        for item in _batches(self.loader):
             yield _to_batch(item, self.device, self.normalizer, self.channels_last)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -176,3 +177,9 @@ def check_positive(name: str, value: float | int | None, strict: bool = True) ->
     if bad or (isinstance(value, float) and not math.isfinite(value)):
         need = "> 0" if strict else ">= 0"
         raise OKDUserError(f"--{name.replace('_', '-')} must be {need}, got {value}")
+
+
+def check_device_name(name: str) -> None:
+    """The device names okd accepts (train and eval check them the same way, before any work)."""
+    if not isinstance(name, str) or (name not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", name)):
+        raise OKDUserError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")

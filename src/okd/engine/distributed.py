@@ -82,6 +82,44 @@ def all_ranks_true(flag: torch.Tensor) -> bool:
     return bool(value.item())
 
 
+def host_group() -> dist.ProcessGroup | None:
+    """A process group for small host-side collectives: the default one under gloo, else a new gloo
+    group, so agreeing on a Python flag never waits for (or syncs with) the CUDA stream.
+
+    A collective call: every rank must call it, in the same order.
+    """
+    if not is_distributed() or dist.get_backend() == "gloo":
+        return None
+    return dist.new_group(backend="gloo", timeout=collective_timeout())
+
+
+def any_rank(flag: bool, group: dist.ProcessGroup | None = None) -> bool:
+    """Whether ``flag`` is set on some rank (a MAX all-reduce of one CPU integer; no GPU sync).
+
+    ``group`` must be a gloo group (``host_group()``); a collective call, made by every rank.
+    """
+    if not is_distributed():
+        return flag
+    value = torch.tensor(int(flag), dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())
+
+
+def first_flagged_step(step: torch.Tensor) -> int:
+    """The smallest non-negative value of a 0-dim ``step`` over ranks (-1 where none is), read once.
+
+    Used for the first step with a non-finite loss: a NaN on one rank's share of the batch must stop
+    every rank, or the others would wait in the next collective.
+    """
+    if not is_distributed():
+        return int(step.item())
+    never = torch.iinfo(torch.int64).max
+    value = torch.where(step >= 0, step.to(torch.int64), never)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    found = int(value.item())
+    return -1 if found == never else found
+
+
 def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     """The mean of ``values`` over ranks (logged losses describe the global batch, not rank 0's share)."""
     if not is_distributed():

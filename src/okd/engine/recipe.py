@@ -5,11 +5,10 @@ The recipe only fills values the user left unset, so every number stays overrida
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 from okd.data import DATASETS
-from okd.engine.config import TrainConfig, check_positive
+from okd.engine.config import TrainConfig, check_device_name, check_positive
 from okd.errors import OKDUserError
 from okd.methods import get_method_class, resolve_method_name, split_arch
 from okd.models import SHARE_MODES
@@ -91,8 +90,7 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
         raise OKDUserError(f"--sgd-impl must be auto, fused, foreach or loop, got {cfg.sgd_impl!r}")
     if cfg.nan_policy not in ("stop", "skip-step"):
         raise OKDUserError(f"--nan-policy must be stop or skip-step, got {cfg.nan_policy!r}")
-    if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", cfg.device):
-        raise OKDUserError(f"--device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    check_device_name(cfg.device)
     if cfg.dataset in ("cifar100", "imagenet") and cfg.data is None and not cfg.download:
         raise OKDUserError(f"--data is required for --dataset {cfg.dataset} (or pass --download with --data DIR for CIFAR-100)")
     if cfg.dataset == "synthetic":

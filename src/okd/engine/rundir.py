@@ -9,10 +9,13 @@ from typing import Any
 
 import yaml
 
-from okd.engine.checkpoint import atomic_write_bytes
+from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
 from okd.errors import OKDUserError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "train.log")
+# A folder holds a run worth keeping once one of these exists; config.yaml and train.log alone are
+# what a run that failed before its first checkpoint leaves, and a rerun may replace them.
+WORK_FILES = ("metrics.jsonl", "last.pt", "best.pt")
 
 
 class RunDir:
@@ -27,19 +30,30 @@ class RunDir:
     log = property(lambda self: self.path / "train.log")
 
     def holds_run(self) -> bool:
-        return any((self.path / name).exists() for name in RUN_FILES)
+        """Whether the folder holds work that a new run would destroy (a checkpoint or epoch metrics)."""
+        return any((self.path / name).exists() for name in WORK_FILES)
 
-    def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """Create the folder, refusing to clobber an existing run unless asked; check it is writable."""
+    def check(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse to clobber an existing run unless asked, or to resume nothing; creates nothing."""
         if resume and not self.last.exists():
             raise OKDUserError(f"nothing to resume in {self.path}: no last.pt there (start a new run without --resume)")
-        if not resume and self.holds_run():
-            if not overwrite:
-                raise OKDUserError(
-                    f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it"
-                )
+        if not resume and not overwrite and self.holds_run():
+            raise OKDUserError(f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+    def prepare(self, *, resume: bool, overwrite: bool) -> None:
+        """Create the folder (after check), clear what a new run replaces, check it is writable.
+
+        Temp files that a ``kill -9`` during an atomic write left behind are deleted too (only
+        those of the run's own files, named as the writer names them).
+        """
+        self.check(resume=resume, overwrite=overwrite)
+        if self.path.is_dir():
+            if not resume:
+                for name in RUN_FILES:
+                    (self.path / name).unlink(missing_ok=True)
             for name in RUN_FILES:
-                (self.path / name).unlink(missing_ok=True)
+                for stale in self.path.glob(f"{temp_prefix(name)}*{TEMP_SUFFIX}"):
+                    stale.unlink(missing_ok=True)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".okd-write-test"

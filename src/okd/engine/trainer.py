@@ -21,8 +21,8 @@ from torch import nn
 
 from okd.data import DataConfig, DataSpec, build_data
 from okd.engine import distributed as okd_dist
-from okd.engine.checkpoint import load_checkpoint, save_checkpoint
-from okd.engine.config import METHOD_OPTIONS, TrainConfig, config_from_mapping, diff_configs, to_plain
+from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
+from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
 from okd.engine.metrics import ErrorMeter, summarise_errors
 from okd.engine.progress import progress
 from okd.engine.rundir import RunDir
@@ -48,6 +48,8 @@ class NonFiniteLoss(OKDUserError):
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The torch device for ``--device`` (train, eval and the benchmarks); a bad name is a user error."""
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -55,6 +57,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise OKDUserError("--device cuda requested but no CUDA device is available (use --device cpu)")
         if name == "cuda":
             return torch.device("cuda", local_rank)
+        if int(name.split(":")[1]) >= torch.cuda.device_count():
+            raise OKDUserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 first")
         if okd_dist.is_distributed():  # every process would share one GPU
             raise OKDUserError(f"--device {name} (or --gpu) pins every process to one GPU; under torchrun use "
                                "--device cuda or auto: process LOCAL_RANK then uses GPU LOCAL_RANK")
@@ -154,7 +158,17 @@ class _EpochSums:
         return dict(zip(names, values.cpu().tolist()))
 
     def state(self) -> dict[str, Any]:
-        return {"terms": {k: v.cpu() for k, v in self.terms.items()}, "steps": self.steps, "images": self.images, "seconds": self.seconds}
+        """The sums to save at a mid-epoch stop, averaged over ranks (rank 0 saves them for all ranks,
+        and every rank resumes from them, so the resumed epoch's loss still covers every rank).
+
+        A collective call under DDP: every rank calls it.
+        """
+        names = sorted(self.terms)
+        terms: dict[str, torch.Tensor] = {}
+        if names:
+            values = okd_dist.mean_over_ranks(torch.stack([self.terms[n] for n in names])).cpu()
+            terms = {name: value.clone() for name, value in zip(names, values)}
+        return {"terms": terms, "steps": self.steps, "images": self.images, "seconds": self.seconds}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> _EpochSums:
@@ -204,7 +218,7 @@ class Trainer:
     def _load_resume_state(self) -> dict[str, Any] | None:
         if not self.resume:
             return None
-        state = load_checkpoint(self.run.last)
+        state = load_checkpoint(self.run.last, for_resume=True)
         previous = config_from_mapping(state["config"])
         changed = diff_configs(previous, self.cfg)
         if changed:
@@ -218,10 +232,11 @@ class Trainer:
         return state
 
     def setup(self) -> None:
+        """Everything that can fail on the user's input (device, data, method options such as nce_k)
+        runs before the run folder is created, so a refused run leaves nothing behind."""
         cfg = self.cfg
         if self.is_main:
-            self.run.prepare(resume=self.resume, overwrite=self.overwrite)
-        okd_dist.barrier()
+            self.run.check(resume=self.resume, overwrite=self.overwrite)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -232,10 +247,15 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         resume_state = self._load_resume_state()
         self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist)
+        if self.is_main:
+            self.run.prepare(resume=self.resume, overwrite=self.overwrite)
+        okd_dist.barrier()
         self.amp = cfg.amp and self.device.type == "cuda"
+        self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
         single = create_backbone(cfg.arch, self.spec.num_classes)
         self.sizes = (count_params(single), count_params(self.method), count_macs(single, self.spec.input_size))
         model: nn.Module = self.method
+        self.stop_group = None
         if self.dist.enabled:
             if cfg.sync_bn:  # nn.SyncBatchNorm on CUDA, ours on CPU (gloo); before the optimiser sees the parameters
                 model = convert_sync_batchnorm(model, self.device)
@@ -245,6 +265,7 @@ class Trainer:
                 model = nn.parallel.DistributedDataParallel(
                     model, device_ids=[self.device.index] if self.device.type == "cuda" else None, broadcast_buffers=False
                 )
+            self.stop_group = okd_dist.host_group()
         self.ddp_model = model
         self.forward = torch.compile(model) if cfg.compile else model
         self.optimizer = make_optimizer(
@@ -269,7 +290,7 @@ class Trainer:
             self.method.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise OKDUserError(f"cannot resume from {self.run.last}: it does not match this model ({str(exc).splitlines()[0][:200]})") from None
+            raise OKDUserError(f"cannot resume from {self.run.last}: it does not match this model ({state_dict_mismatch(exc)})") from None
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         self.best = state.get("best", {})
         self.partial = state.get("partial")
@@ -278,20 +299,20 @@ class Trainer:
             self.run.truncate_metrics(self.metrics_records)
 
     # -- checkpoints --------------------------------------------------------------------------
-    def _state(self, epoch: int, step: int, partial: _EpochSums | None) -> dict[str, Any]:
+    def _state(self, epoch: int, step: int, partial: dict[str, Any] | None) -> dict[str, Any]:
         return {
             "config": to_plain(self.cfg),
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": epoch,  # epochs fully done (resume starts this epoch)
             "step": step,  # steps already done inside that epoch
-            "partial": partial.state() if partial is not None else None,
+            "partial": partial,
             "best": self.best,
             "metrics_records": self.metrics_records,
             "torch_version": str(torch.__version__),
         }
 
-    def _save(self, path: Path, epoch: int, step: int, partial: _EpochSums | None = None) -> None:
+    def _save(self, path: Path, epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
         if self.is_main:
             save_checkpoint(path, self._state(epoch, step, partial))
 
@@ -301,6 +322,8 @@ class Trainer:
         cfg = self.cfg
         if self.is_main:
             self._log(self._banner())
+            for notice in self.notices:
+                self._log(notice)
         with _StopSignals() as stop:
             for epoch in range(self.start_epoch, cfg.epochs):
                 start_step = self.start_step if epoch == self.start_epoch else 0
@@ -343,18 +366,22 @@ class Trainer:
             is_first = (first_bad < 0) & ~finite
             term_bad = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()])
             bad_terms = term_bad & is_first if bad_terms is None else torch.where(is_first, term_bad, bad_terms)
-            first_bad = torch.where(is_first, torch.tensor(step, device=self.device), first_bad)
+            first_bad.masked_fill_(is_first, step)  # a Python scalar: no host-to-device copy per step
             sums.add(losses, total, batch.images.shape[0])
             bar.update(1)
             if (step + 1) % cfg.log_interval == 0 or step + 1 == self.steps_per_epoch:
                 self._check_finite(first_bad, bad_terms, losses, epoch)
                 bar.set_postfix(loss=f"{sums.terms['total'].item() / max(sums.steps, 1):.4f}")
-            if stop.received is not None:
+            # Under DDP a signal may reach only some ranks: all stop after the same step, or the others
+            # would block in the next step's all-reduce and rank 0 might never save (a CPU gloo MAX).
+            stopping = okd_dist.any_rank(stop.received is not None, self.stop_group)
+            if stopping:
                 self._check_finite(first_bad, bad_terms, losses, epoch)
                 sums.seconds += time.perf_counter() - began
-                self._save(self.run.last, epoch, step + 1, sums)
+                self._save(self.run.last, epoch, step + 1, sums.state())
+                okd_dist.barrier()  # no rank exits (and makes torchrun kill the rest) before last.pt is written
                 bar.close()
-                raise TrainingInterrupted(stop.received, epoch, step + 1, self.run.path)
+                raise TrainingInterrupted(stop.received or signal.SIGTERM, epoch, step + 1, self.run.path)
         bar.close()
         self._check_finite(first_bad, bad_terms, losses, epoch)
         sums.seconds += time.perf_counter() - began
@@ -366,7 +393,7 @@ class Trainer:
         return ", ".join(bad) or "total"
 
     def _check_finite(self, first_bad: torch.Tensor, bad_terms: torch.Tensor | None, losses: dict[str, torch.Tensor], epoch: int) -> None:
-        step = int(first_bad.item())
+        step = okd_dist.first_flagged_step(first_bad)  # every rank stops together, or none does
         if step >= 0:
             # name the terms of the first bad step, not of the last one (by then every term is NaN)
             raise NonFiniteLoss(
