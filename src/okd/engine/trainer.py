@@ -278,9 +278,10 @@ class Trainer:
         self.metrics_records = 0
         if resume_state is not None:
             self._restore(resume_state)
+        # TensorBoard first: a missing package then fails before the run folder gets its config
+        self.tensorboard = TensorBoardLogger(self.run.path) if (cfg.tensorboard and self.is_main) else None
         if self.is_main:
             self.run.write_config(to_plain(cfg))
-        self.tensorboard = TensorBoardLogger(self.run.path) if (cfg.tensorboard and self.is_main) else None
         self.steps_per_epoch = len(self.train_loader)
         if cfg.limit_batches is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.limit_batches)
