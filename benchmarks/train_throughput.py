@@ -41,6 +41,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -421,6 +422,8 @@ def validate(args: argparse.Namespace) -> None:
     from okd.models.registry import resolve_backbone_name  # importing okd.models registers every backbone
 
     args.archs = [resolve_backbone_name(arch) for arch in args.archs]
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise OKDUserError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
     resolve_device(args.device)
     for name in ("steps", "num_train", "num_peers"):
         if getattr(args, name) < 1:
