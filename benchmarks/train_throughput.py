@@ -6,9 +6,16 @@ carried between cases): the config goes through okd's recipe, data and method bu
 the CIFAR nce_k of the backbone), and the timed loop is the engine's own step
 (``okd.engine.step.train_step``: per-step RNG reseed, forward, losses, backward, SGD, the method's
 post-step update) plus the engine's per-step bookkeeping, with batches drawn from okd's loader
-inside the timed region. The loader alone is timed too ("data only" row).
+inside the timed region. The loader alone is timed too (the "data pipeline" table: img/s and peak
+memory of drawing batches, no model work), before the step, in the same process.
+
+``--no-data`` times the same step on one pre-made batch already on the device (drawn from okd's
+loader once, before timing), so the figure is the model's forward + losses + backward + SGD alone:
+the "bare model" figure (with ``--methods baseline``) that the data-included one is compared with.
 
     python benchmarks/train_throughput.py --device cpu --batch-size 64 --json out.json
+    python benchmarks/train_throughput.py --methods baseline --batch-size 64 --no-data            # bare model
+    python benchmarks/train_throughput.py --archs resnet32 resnet110 densenet40_12 vgg16 hcgnet_a1 --steps 10
 
 ``--original-style`` also times, for every case, what the original implementation does on the same
 model and step: per-image PIL transforms (RandomCrop(32, 4), flip, ToTensor, Normalize) through a
@@ -18,17 +25,23 @@ meters), and for MCL-OKD one bank gather per ordered pair of peers
 (``multiview_nce_loss_pairwise``). The speed-up column is okd over that, measured in the same run.
 
 img/s is the median over the timed steps (per-step times; robust to a loaded machine), "best" the
-fastest step. Peak memory: ``torch.cuda.max_memory_allocated`` over the timed steps on CUDA; on
-CPU the child process's resident high-water mark (VmHWM: Python, torch, dataset and model
-included) and, beside it, its growth over the timed steps (reset via /proc/self/clear_refs).
+fastest step. Peak memory, for the step and for the data pipeline alike:
+``torch.cuda.max_memory_allocated`` over the timed steps on CUDA; on CPU the child process's
+resident high-water mark (VmHWM: Python, torch, dataset and model included, reset via
+/proc/self/clear_refs); beside it, its growth over the timed steps. The data pipeline's table also
+gives the size of the image store okd keeps on the device.
+
+Bad input (an unknown backbone, ``--device cuda`` without a GPU) is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -37,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from okd.errors import OKDUserError
 
 METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
 
@@ -250,20 +265,45 @@ def time_training(case: dict[str, Any], steps: int, warmup: int, profile: int = 
 
 
 def time_data(case: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
-    """The loader alone: gather, crop, flip, normalise on the training device."""
+    """The loader alone (gather, crop, flip, normalise on the training device): img/s and peak memory."""
     dev = case["device"]
-    stream = batches(case["train_loader"])
+    loader = case["train_loader"]
+    stream = batches(loader)
     for _ in range(warmup):
         next(stream)
     _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        before_mb = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        before_mb = _status_kib("VmRSS") / 1024
+        _reset_hwm()
     times, images = [], 0
     for _ in range(steps):
         start = time.perf_counter()
         images += next(stream)[2].images.shape[0]
         _sync(dev)
         times.append(time.perf_counter() - start)
+    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _status_kib("VmHWM") / 1024
+    store = getattr(loader, "images", None)
     return {"steps": steps, "images": images, "img_s_median": images / steps / statistics.median(times),
-            "img_s_best": images / steps / min(times), "ms_per_step_median": 1000 * statistics.median(times)}
+            "img_s_best": images / steps / min(times), "ms_per_step_median": 1000 * statistics.median(times),
+            "peak_mb": peak_mb, "growth_mb": max(peak_mb - before_mb, 0.0),
+            "store_mb": store.numel() * store.element_size() / 2**20 if isinstance(store, torch.Tensor) else None}
+
+
+class FixedBatch:
+    """A loader that yields one pre-made, on-device batch again and again (``--no-data``)."""
+
+    def __init__(self, loader: Any) -> None:
+        self.batch = next(iter(loader.epoch(0)))
+        self.length = len(loader)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def epoch(self, epoch: int):
+        return itertools.repeat(self.batch, self.length)
 
 
 def run_case(args: argparse.Namespace, method: str, arch: str) -> dict[str, Any]:
@@ -276,9 +316,11 @@ def run_case(args: argparse.Namespace, method: str, arch: str) -> dict[str, Any]
                       amp=args.amp, compile=args.compile, channels_last=args.channels_last, sgd_impl=args.sgd_impl)
     row: dict[str, Any] = {"method": method, "arch": arch, "batch": batch, "peers": case["method"].num_peers,
                            "build_seconds": time.perf_counter() - built, "threads": torch.get_num_threads()}
+    row["data_only"] = time_data(case, args.steps, args.warmup)  # first: the step's memory does not mask the loader's
+    if args.no_data:
+        case["train_loader"] = FixedBatch(case["train_loader"])
+    row["no_data"] = bool(args.no_data)
     row.update(time_training(case, args.steps, args.warmup, args.profile))
-    if args.data_only:
-        row["data_only"] = time_data(case, args.steps, args.warmup)
     if args.original_style:
         del case
         original = build_case(method, arch, batch_size=batch, num_peers=args.num_peers, device=args.device,
@@ -292,6 +334,8 @@ def _child(args: argparse.Namespace, method: str, arch: str) -> dict[str, Any]:
     """Run one case in a fresh interpreter and read its JSON back."""
     cmd = [sys.executable, __file__, "--_case", f"{method}:{arch}"] + args.forward_argv
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 2 and proc.stderr.strip():
+        raise OKDUserError(proc.stderr.strip().splitlines()[-1].split("error: ", 1)[-1])
     if proc.returncode != 0:
         raise SystemExit(f"case {method}/{arch} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -303,8 +347,10 @@ def _reference(row: dict[str, Any], args: argparse.Namespace) -> float | None:
 
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    mem = "peak alloc MB (CUDA)" if args.device.startswith("cuda") else "peak RSS MB (step growth)"
-    lines = [f"| method | arch | peers | batch | img/s (median) | best | ms/step | {mem} | original-style img/s (measured) "
+    cuda = args.device.startswith("cuda")
+    mem = "peak alloc MB (CUDA)" if cuda else "peak RSS MB (step growth)"
+    step = "step on one pre-made batch (--no-data): " if args.no_data else ""
+    lines = [f"| method | arch | peers | batch | {step}img/s (median) | best | ms/step | {mem} | original-style img/s (measured) "
              "| speed-up | issue 8's original img/s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -319,14 +365,18 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         )
     data_rows = [r for r in rows if "data_only" in r]
     if data_rows:
-        lines += ["", "| data only (okd loader) | batch | img/s (median) | ms/batch |", "|---|---:|---:|---:|"]
+        dmem = "peak alloc MB (growth)" if cuda else "peak RSS MB (growth)"
+        lines += ["", f"| data pipeline (okd loader, no model work) | batch | img/s (median) | ms/batch | {dmem} | image store MB |",
+                  "|---|---:|---:|---:|---:|---:|"]
         seen = set()
         for r in data_rows:
             if r["batch"] in seen:
                 continue
             seen.add(r["batch"])
             d = r["data_only"]
-            lines.append(f"| synthetic {args.num_train:,} x 3x32x32 | {r['batch']} | {d['img_s_median']:,.0f} | {d['ms_per_step_median']:.2f} |")
+            store = f"{d['store_mb']:,.0f}" if d.get("store_mb") is not None else "—"
+            lines.append(f"| synthetic {args.num_train:,} x 3x32x32 on {args.device} | {r['batch']} | {d['img_s_median']:,.0f} | "
+                         f"{d['ms_per_step_median']:.2f} | {d['peak_mb']:,.0f} (+{d['growth_mb']:,.0f}) | {store} |")
     return "\n".join(lines)
 
 
@@ -349,7 +399,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sgd-impl", default="auto", help="auto | fused | foreach | loop (default auto: fused on CUDA, foreach on CPU)")
     parser.add_argument("--num-train", type=int, default=50_000, help="synthetic training images held in memory (default 50,000)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice, = cores)")
-    parser.add_argument("--data-only", action="store_true", help="also time the loader alone")
+    parser.add_argument("--data-only", action="store_true", help=argparse.SUPPRESS)  # kept for old commands: the loader is always timed now
+    parser.add_argument("--no-data", action="store_true",
+                        help="time the step on one pre-made batch already on the device (the bare model's figure; no data loading)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile N steps with torch.profiler and print the top ops")
     parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
                         help="before each case wait up to S seconds for the CPU to be idle (shared machines; default 0: don't)")
@@ -364,12 +416,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def validate(args: argparse.Namespace) -> None:
+    """Fail fast, in the parent, on input every child would reject (one line, exit 2)."""
+    from okd.engine.trainer import resolve_device
+    from okd.models.registry import resolve_backbone_name  # importing okd.models registers every backbone
+
+    args.archs = [resolve_backbone_name(arch) for arch in args.archs]
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise OKDUserError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    resolve_device(args.device)
+    for name in ("steps", "num_train", "num_peers"):
+        if getattr(args, name) < 1:
+            raise OKDUserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0 or (args.batch_size is not None and args.batch_size < 1):
+        raise OKDUserError("--warmup must be >= 0 and --batch-size >= 1")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    try:
+        return _main(argv)
+    except OKDUserError as exc:
+        print(f"train_throughput.py: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
     args = parse_args(argv)
     if args._case:
         method, arch = args._case.split(":")
         print(json.dumps(run_case(args, method, arch)))
         return {}
+    validate(args)
     rows = []
     for arch in args.archs:
         for method in args.methods:
@@ -377,7 +454,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = _child(args, method, arch)
             row["cpu_busy_before"] = busy
             rows.append(row)
-            print(f"  {method}/{arch}: {row['img_s_median']:,.0f} img/s", file=sys.stderr, flush=True)
+            print(f"  {method}/{arch}: {row['img_s_median']:,.0f} img/s (data pipeline {row['data_only']['img_s_median']:,.0f} img/s)",
+                  file=sys.stderr, flush=True)
     try:
         load = os.getloadavg()
     except OSError:
