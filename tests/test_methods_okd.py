@@ -340,3 +340,27 @@ def test_a_few_sgd_steps_lower_the_loss(name: str) -> None:
         total.backward()
         opt.step()
     assert totals[-1] < 0.8 * totals[0], totals
+
+
+def test_baseline_sgd_steps_on_real_digits_lower_the_loss() -> None:
+    """20 steps of the engine's digits recipe (SGD 0.05, Nesterov, wd 5e-4) over 4 real batches of
+    the embedded digits, augmentation included: the cross-entropy falls clearly (from ~log 10)."""
+    import itertools
+
+    from okd.data import DataConfig, build_data
+
+    torch.manual_seed(0)
+    _spec, train, _test = build_data(DataConfig(dataset="digits", batch_size=16, seed=0))
+    batches = list(itertools.islice(train.epoch(0), 4))
+    assert all(b.images.shape == (16, 3, 32, 32) for b in batches) and len({int(i) for b in batches for i in b.indices}) == 64
+    m = build_method("baseline", "resnet32", 10, 1)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    totals = []
+    for batch in batches * 5:
+        total = sum(m.losses(m(batch.images), batch, 0).values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        totals.append(total.item())
+    first, last = sum(totals[:4]) / 4, sum(totals[-4:]) / 4
+    assert first > 2.0 and last < 0.7 * first, totals
