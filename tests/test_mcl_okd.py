@@ -105,13 +105,22 @@ def test_alpha_zero_drops_dot_and_dot_reaches_only_the_last_peer() -> None:
 def test_mcl_gradients_reach_heads_and_backbone_not_banks() -> None:
     method = _method()
     batch = _batch()
+    before = method.memory.clone()
+    optimizer = torch.optim.SGD(method.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
     terms = method.losses(method(batch.images), batch, 0)
+    assert not method.memory.requires_grad and method.memory.grad_fn is None
+    assert all(not b.requires_grad for b in method.buffers())
+    assert not any(p is method.memory for p in method.parameters())
     terms["mcl"].backward()
     for head in method.embed:
         assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
     trunk = next(method.cohort.trunk.parameters())
     assert trunk.grad is not None and trunk.grad.abs().sum() > 0
     assert all(b.grad is None for b in method.buffers())
+    head_before = method.embed[0].weight.detach().clone()
+    optimizer.step()  # a step without after_step: the weights move, the banks must not
+    assert not torch.equal(method.embed[0].weight, head_before)
+    assert torch.equal(method.memory, before)
 
 
 def test_after_step_updates_only_the_batch_rows_with_this_steps_embeddings() -> None:
@@ -236,3 +245,35 @@ def test_distributed_banks_stay_identical_across_ranks(tmp_path) -> None:
     torch.testing.assert_close(mem0[:, idx0[only0]], expected(idx0, emb0)[:, only0])
     untouched = ~torch.isin(torch.arange(NUM_TRAIN), torch.cat([idx0, idx1]))
     assert torch.equal(mem0[:, untouched], before[:, untouched])
+
+
+# -- resume through the CLI: banks, heads and weights bit for bit ---------------------------------
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path) -> None:
+    from okd.cli.main import main
+    from okd.engine.checkpoint import load_checkpoint
+
+    args = ["train", "--method", "mcl_okd", "--num-peers", "2", "--nce-k", "8", "--dataset", "synthetic",
+            "--synthetic-train", "48", "--synthetic-test", "20", "--synthetic-classes", "5", "--synthetic-size", "32",
+            "--batch-size", "16", "--eval-batch-size", "10", "--quiet", "--device", "cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: far faster on a busy 2-core machine (32 px: crop + flip too)
+    try:
+        assert main([*args, "--out", str(tmp_path / "full"), "--epochs", "2"]) == 0
+        assert main([*args, "--out", str(tmp_path / "split"), "--epochs", "1"]) == 0
+        after_one = load_checkpoint(tmp_path / "split" / "last.pt")["model"]
+        assert main([*args, "--out", str(tmp_path / "split"), "--epochs", "2", "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    split = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert full["epoch"] == split["epoch"] == 2
+    assert set(full["model"]) == set(split["model"])
+    assert "memory" in full["model"] and any(key.startswith("embed.") for key in full["model"])
+    for key, value in full["model"].items():
+        assert torch.equal(value, split["model"][key]), key
+    assert not torch.equal(after_one["memory"], full["model"]["memory"])  # epoch 2 did move the banks
+    momentum = lambda s: [v["momentum_buffer"] for v in s["optimizer"]["state"].values()]  # noqa: E731
+    assert len(momentum(full)) == len(momentum(split)) > 0
+    assert all(torch.equal(a, b) for a, b in zip(momentum(full), momentum(split)))

@@ -1,0 +1,107 @@
+"""`okd train --method M --arch A` for every method x CIFAR backbone, through the CLI.
+
+One step and one evaluation batch of tiny synthetic data per run (8x8 images; VGG-16 needs 32x32
+for its five pools), two peers (three for CL-ILR once, an odd tree). Every run must finish, log
+every head (each peer, peer mean, deployed, ensemble) and build the cohort the method asks for.
+A representative subset runs by default: each method on resnet32 and each backbone at least once;
+the rest is marked slow (CI runs it too; the whole file takes well under a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from okd.cli.main import main
+from okd.methods import build_method
+from okd.models import count_params, create_backbone
+
+METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
+BACKBONES = ("resnet32", "resnet110", "densenet40_12", "vgg16", "hcgnet_a1")
+CLASSES, FEAT_DIM = 3, 128
+PEERS = {method: 1 if method == "baseline" else 2 for method in METHODS}
+FAST = {
+    *((method, "resnet32", PEERS[method]) for method in METHODS),
+    ("okddip", "resnet110", 2),
+    ("cl_ilr", "densenet40_12", 3),
+    ("dml", "vgg16", 2),
+    ("mcl_okd", "hcgnet_a1", 2),
+}
+SLOW = {(method, arch, PEERS[method]) for method in METHODS for arch in BACKBONES if (method, arch, 3) not in FAST} - FAST
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny tensors: threads only add synchronisation (10-100x slower on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def expected_training_params(method: str, arch: str, num_peers: int) -> int:
+    """The cohort with its heads the method builds (MCL-OKD: DML's cohort + one Linear(d, 128) per peer)."""
+    with torch.device("meta"):
+        if method == "mcl_okd":
+            d = create_backbone(arch, CLASSES).feature_dim
+            return count_params(build_method("dml", arch, CLASSES, num_peers)) + num_peers * (d * FEAT_DIM + FEAT_DIM)
+        return count_params(build_method(method, arch, CLASSES, num_peers))
+
+
+def train(out: Path, arch: str, *extra: str) -> dict:
+    size = "32" if "vgg16" in arch else "8"
+    args = ["train", "--arch", arch, "--dataset", "synthetic", "--synthetic-train", "8", "--synthetic-test", "4",
+            "--synthetic-classes", str(CLASSES), "--synthetic-size", size, "--batch-size", "4", "--eval-batch-size", "4",
+            "--epochs", "1", "--limit-batches", "1", "--nce-k", "4", "--device", "cpu", "--quiet", "--out", str(out), *extra]
+    assert main(args) == 0, args
+    return json.loads((out / "summary.json").read_text())
+
+
+def check_run(out: Path, summary: dict, method: str, arch: str, num_peers: int) -> None:
+    assert summary["finished"] and (summary["method"], summary["arch"], summary["num_peers"]) == (method, arch, num_peers)
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isfinite(record["train"]["total"]) and record["train"]["total"] > 0
+    heads = {f"peer{i}" for i in range(num_peers)} | {"peer_mean", "deployed", "ensemble"}
+    assert set(record["test"]) == heads
+    assert all(0 <= e["top1"] <= 100 for e in record["test"].values())
+    assert summary["params"]["deployed"] == count_params(create_backbone(arch, CLASSES))
+    assert summary["params"]["training"] == expected_training_params(method, arch, num_peers)
+    assert (out / "last.pt").stat().st_size > 0 and (out / "best.pt").stat().st_size > 0
+
+
+def run_case(tmp_path: Path, method: str, arch: str, num_peers: int) -> None:
+    out = tmp_path / f"{method}_{arch}"
+    summary = train(out, arch, "--method", method, "--num-peers", str(num_peers))
+    check_run(out, summary, method, arch, num_peers)
+
+
+@pytest.mark.parametrize("method, arch, num_peers", sorted(FAST))
+def test_train_every_method_and_backbone(tmp_path: Path, method: str, arch: str, num_peers: int) -> None:
+    run_case(tmp_path, method, arch, num_peers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, arch, num_peers", sorted(SLOW))
+def test_train_every_method_and_backbone_rest(tmp_path: Path, method: str, arch: str, num_peers: int) -> None:
+    run_case(tmp_path, method, arch, num_peers)
+
+
+def test_matrix_covers_every_method_and_backbone() -> None:
+    assert {(m, a) for m, a, _ in FAST | SLOW} == {(m, a) for m in METHODS for a in BACKBONES}
+
+
+@pytest.mark.parametrize("alias, method, arch", [("okddip_densenetd40k12", "okddip", "densenet40_12"), ("mcl_okd_vgg16", "mcl_okd", "vgg16")])
+def test_reference_arch_spellings_select_method_and_backbone(tmp_path: Path, capsys: pytest.CaptureFixture[str], alias: str, method: str, arch: str) -> None:
+    out = tmp_path / "run"
+    summary = train(out, alias, "--num-peers", "2")
+    check_run(out, summary, method, arch, 2)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu", "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["method"], result["arch"]) == (method, arch)
+    assert result["errors"] == json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["test"]
