@@ -1,0 +1,20 @@
+"""Test-session guards for process-wide torch state.
+
+Several tests (and the benchmarks they call in-process) change torch's thread count. A test that
+left it changed would make later in-process runs compute with another reduction order than the
+child processes they are compared with bit for bit, so every test gets the count it started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
