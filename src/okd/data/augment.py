@@ -32,33 +32,42 @@ class Normalizer:
     def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         """Normalise a uint8 [B, C, H, W] batch; ``channels_last`` picks the output memory format."""
         shape = (1, -1, 1, 1)
-        out = torch.addcmul(self.shift.view(shape), images.float(), self.scale.view(shape))
+        out = torch.addcmul(self.shift.view(shape), images, self.scale.view(shape))  # uint8 promoted in-kernel: one pass
         if channels_last:
             out = out.contiguous(memory_format=torch.channels_last)
         return out
 
     def channels_minor(self, images_bhwc: torch.Tensor) -> torch.Tensor:
         """Normalise a uint8 [B, H, W, C] tensor (channel innermost), keeping that layout."""
-        return torch.addcmul(self.shift, images_bhwc.float(), self.scale)
+        return torch.addcmul(self.shift, images_bhwc, self.scale)
 
 
 def crop_flip(batch: torch.Tensor, pad: int = 0, offsets: torch.Tensor | None = None, flips: torch.Tensor | None = None) -> torch.Tensor:
     """Crop (zero padding ``pad``) and mirror a uint8 [b, C, H, W] batch, per-sample parameters.
 
     ``offsets`` is [b, 2] int64 (dy, dx) in ``[0, 2*pad]`` or None (no crop); ``flips`` is [b]
-    in {0, 1} or None. The padded batch is viewed as every HxW window (``unfold``, no copy) and
-    one advanced-indexing gather picks each sample's window, so the cost is a few batch-sized
-    copies whatever the batch size, on any device.
+    in {0, 1} or None. Crop and flip together are one source pixel per output pixel, so the
+    padded batch is read by a single ``gather`` with per-sample [H, W] indices: one pass over the
+    output whatever the batch size, on any device (about twice as fast on CPU as a window view
+    followed by a separate flip).
     """
-    if offsets is not None and pad > 0:
-        height, width = batch.shape[-2:]
-        padded = F.pad(batch, (pad, pad, pad, pad))  # zeros, in uint8: torchvision pads the image
-        windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # [b, C, 2p+1, 2p+1, H, W]
-        rows = torch.arange(batch.shape[0], device=batch.device)
-        batch = windows[rows, :, offsets[:, 0], offsets[:, 1]]  # [b, C, H, W]
+    crop = offsets is not None and pad > 0
+    if not crop and flips is None:
+        return batch
+    size, channels, height, width = batch.shape
+    device = batch.device
+    if crop:
+        batch = F.pad(batch, (pad, pad, pad, pad))  # zeros, in uint8: torchvision pads the image
+        dy, dx = offsets[:, 0:1], offsets[:, 1:2]
+    else:
+        dy = dx = torch.zeros(size, 1, dtype=torch.long, device=device)
+    cols = torch.arange(width, device=device).expand(size, width)
     if flips is not None:
-        batch = torch.where(flips.bool()[:, None, None, None], batch.flip(-1), batch)
-    return batch
+        cols = torch.where(flips.bool()[:, None], (width - 1) - cols, cols)
+    rows = dy + torch.arange(height, device=device)  # [b, H] rows of the padded image
+    index = rows[:, :, None] * batch.shape[-1] + (dx + cols)[:, None, :]  # [b, H, W] flat positions
+    index = index.view(size, 1, height * width).expand(size, channels, height * width)
+    return batch.flatten(2).gather(2, index).view(size, channels, height, width)
 
 
 def augment_batch(
