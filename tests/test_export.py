@@ -101,33 +101,35 @@ def test_torchscript_ensemble_drops_training_state(checkpoints: dict[str, Path],
     assert banks and not any(banks.values())  # memory banks are emptied, not shipped
 
 
-@torch.no_grad()
-def test_onnx_matches_within_round_off(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+def _onnx_session(checkpoint: Path, peer: str, out: Path):
+    """Export ``peer`` to ONNX and return a function running it in onnxruntime (skips without it)."""
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    method, images = _reference(checkpoints["one"])
-    _export(checkpoints["one"], "ensemble", "onnx", tmp_path / "ens.onnx")
-    session = ort.InferenceSession(str(tmp_path / "ens.onnx"), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
-    expected = method.ensemble_logits(method(images))
+    _export(checkpoint, peer, "onnx", out)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return lambda images: torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+
+
+def _assert_within_round_off(got: torch.Tensor, expected: torch.Tensor) -> None:
     scale = max(1.0, float(expected.abs().max()))  # float32 round-off grows with the logits' size
     assert got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-4 * scale
-    single = torch.from_numpy(session.run(["logits"], {"images": images[:1].numpy()})[0])  # dynamic batch
-    assert single.shape == (1, 5)
+
+
+@torch.no_grad()
+def test_onnx_matches_within_round_off(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    method, images = _reference(checkpoints["one"])
+    run = _onnx_session(checkpoints["one"], "ensemble", tmp_path / "ens.onnx")
+    _assert_within_round_off(run(images), method.ensemble_logits(method(images)))
+    assert run(images[:1]).shape == (1, 5)  # dynamic batch
 
 
 @torch.no_grad()
 def test_onnx_single_peer_is_the_plain_backbone(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    pytest.importorskip("onnx")
-    ort = pytest.importorskip("onnxruntime")
     method, images = _reference(checkpoints["mcl_okd"])
-    _export(checkpoints["mcl_okd"], "deployed", "onnx", tmp_path / "peer.onnx")
-    session = ort.InferenceSession(str(tmp_path / "peer.onnx"), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(["logits"], {"images": images.numpy()})[0])
+    run = _onnx_session(checkpoints["mcl_okd"], "deployed", tmp_path / "peer.onnx")
     expected = method(images).logits[method.deployed_peer]
     assert method.deployed_peer == 1 and not torch.allclose(expected, method(images).logits[0])  # not any peer
-    scale = max(1.0, float(expected.abs().max()))
-    assert got.shape == expected.shape and float((got - expected).abs().max()) <= 1e-4 * scale
+    _assert_within_round_off(run(images), expected)
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "peer.onnx")).metadata_props}
