@@ -365,6 +365,8 @@ def test_read_only_output_folder_gives_a_clear_error_and_keeps_the_run(tmp_path:
         assert main(["train", *TINY, "--out", str(out), "--epochs", "2", "--resume"]) == 2
         err = capsys.readouterr().err
         assert f"cannot write to output folder {out}" in err and "Traceback" not in err
+        assert main(["train", *TINY, "--out", str(out), "--epochs", "1", "--overwrite"]) == 2
+        assert f"cannot write to output folder {out}" in capsys.readouterr().err
         assert main(["train", *TINY, "--out", str(out / "nested"), "--epochs", "1"]) == 2
         assert "cannot write to output folder" in capsys.readouterr().err
     assert (out / "last.pt").read_bytes() == before

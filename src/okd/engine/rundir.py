@@ -47,18 +47,17 @@ class RunDir:
         those of the run's own files, named as the writer names them).
         """
         self.check(resume=resume, overwrite=overwrite)
-        if self.path.is_dir():
+        try:  # writability first: a read-only folder must lose nothing, not half of an --overwrite
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".okd-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
             if not resume:
                 for name in RUN_FILES:
                     (self.path / name).unlink(missing_ok=True)
             for name in RUN_FILES:
                 for stale in self.path.glob(f"{temp_prefix(name)}*{TEMP_SUFFIX}"):
                     stale.unlink(missing_ok=True)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".okd-write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
         except OSError as exc:
             raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
 
