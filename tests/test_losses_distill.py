@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from okd.losses.distill import kl_div_t, mean_of_others, mutual_kl, rampup_weight, sum_cross_entropy
+from okd.losses.distill import attention_targets, kl_div_t, kl_to_targets, mean_of_others, mutual_kl, rampup_weight, sum_cross_entropy
 
 STUDENT = [[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]]
 TARGET = [[3.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
@@ -95,3 +95,32 @@ def test_mutual_kl_is_mean_over_partners() -> None:
     rows = [STUDENT, TARGET, c.tolist()]
     hand = sum(_hand_kl_t(rows[i], rows[j], 2.0) for i in range(3) for j in range(3) if i != j) / 2
     assert mutual_kl([a, b, c], 2.0).item() == pytest.approx(hand, rel=1e-5)
+
+
+def test_kl_to_targets_pairs_each_student_with_its_own_target() -> None:
+    students = [torch.tensor(STUDENT, requires_grad=True), torch.tensor(TARGET, requires_grad=True)]
+    targets = [torch.tensor(TARGET, requires_grad=True), torch.tensor(STUDENT, requires_grad=True)]
+    loss = kl_to_targets(students, targets, 3.0)
+    expected = _hand_kl_t(STUDENT, TARGET, 3.0) + _hand_kl_t(TARGET, STUDENT, 3.0)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in targets)  # nothing detached inside
+    with pytest.raises(ValueError, match="2 students and 1 targets"):
+        kl_to_targets(students, targets[:1], 3.0)
+
+
+def test_attention_targets_against_a_plain_loop() -> None:
+    torch.manual_seed(0)
+    queries = torch.randn(2, 3, 4, requires_grad=True)
+    keys = torch.randn(2, 3, 4)
+    logits = torch.randn(2, 3, 5)
+    attention, targets = attention_targets(queries, keys, logits)
+    for b in range(2):
+        for i in range(3):
+            scores = [float(queries[b, i] @ keys[b, j]) for j in range(3)]  # unscaled q_i . k_j, self included
+            weights = [math.exp(s) / sum(math.exp(v) for v in scores) for s in scores]
+            assert attention[b, i].tolist() == pytest.approx(weights, rel=1e-5)
+            mixed = sum(w * logits[b, j] for j, w in enumerate(weights))
+            assert targets[b, i].tolist() == pytest.approx(mixed.tolist(), rel=1e-5, abs=1e-6)
+    targets.sum().backward()
+    assert queries.grad is not None and queries.grad.abs().sum() > 0  # the attention is trained through x_i

@@ -68,3 +68,25 @@ def mutual_kl(logits: Sequence[torch.Tensor], T: float) -> torch.Tensor:
     targets = [z.detach() for z in logits]
     terms = [kl_div_t(logits[i], targets[j], T) for i in range(n) for j in range(n) if j != i]
     return torch.stack(terms).sum() / (n - 1)
+
+
+def kl_to_targets(students: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], T: float) -> torch.Tensor:
+    """sum_i KL_T(z_i || t_i): each peer distils from its own target (CL-ILR, ONE, OKDDip).
+
+    ``targets`` pair up with ``students`` one to one; detach them where the method wants no
+    gradient to reach them (CL-ILR, ONE), keep them attached where it does (OKDDip).
+    """
+    if len(students) != len(targets):
+        raise ValueError(f"kl_to_targets got {len(students)} students and {len(targets)} targets")
+    return torch.stack([kl_div_t(z, t, T) for z, t in zip(students, targets)]).sum()
+
+
+def attention_targets(queries: torch.Tensor, keys: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """OKDDip's peer targets: x_i = sum_j softmax_j(q_i . k_j) z_j, attention over all peers incl. self.
+
+    ``queries``/``keys`` are [B, P, d'] and ``logits`` [B, P, C]. The scores are not scaled by
+    sqrt(d') (as the reference). Returns (attention [B, P, P], targets [B, P, C]); both keep their
+    gradient, so the attention is trained through the distillation loss.
+    """
+    attention = F.softmax(queries @ keys.transpose(1, 2), dim=-1)
+    return attention, attention.to(logits.dtype) @ logits

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from okd.data.batch import Batch
-from okd.losses.distill import kl_div_t, mean_of_others, sum_cross_entropy
+from okd.losses.distill import kl_to_targets, mean_of_others, sum_cross_entropy
 from okd.methods.base import OKDMethod
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
@@ -49,6 +49,6 @@ class CLILR(OKDMethod):
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         targets = mean_of_others([z.detach() for z in output.logits])
-        kd = torch.stack([kl_div_t(z, t, self.kd_t) for z, t in zip(output.logits, targets)]).sum()
+        kd = kl_to_targets(output.logits, targets, self.kd_t)
         ce = sum_cross_entropy(output.logits, batch.targets)
         return {"ce": (1.0 - self.BETA) * ce, "kd": self.BETA * kd}

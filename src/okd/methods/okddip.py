@@ -9,11 +9,10 @@ the peers' logits, which keeps the peers diverse; the leader distils from the pe
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.losses.distill import kl_div_t, rampup_weight, sum_cross_entropy
+from okd.losses.distill import attention_targets, kl_div_t, kl_to_targets, rampup_weight, sum_cross_entropy
 from okd.methods.base import OKDMethod
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
@@ -59,18 +58,17 @@ class OKDDip(OKDMethod):
         output = self.cohort(images)
         peers = self.num_peers - 1
         features = torch.stack(output.features[:peers], dim=1)  # [B, P, d]
-        scores = self.query(features) @ self.key(features).transpose(1, 2)  # [B, P, P]: q_i . k_j
-        attention = F.softmax(scores, dim=-1)
         logits = torch.stack(output.logits[:peers], dim=1)  # [B, P, C]
+        attention, targets = attention_targets(self.query(features), self.key(features), logits)
         output.extras["attention"] = attention
-        output.extras["peer_targets"] = attention.to(logits.dtype) @ logits  # x_i, [B, P, C]
+        output.extras["peer_targets"] = targets  # x_i, [B, P, C]
         return output
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         peers = output.logits[:-1]
         leader = output.logits[-1]
         targets = output.extras["peer_targets"].unbind(1)
-        peer_kd = torch.stack([kl_div_t(z, x, self.kd_t) for z, x in zip(peers, targets)]).sum()
+        peer_kd = kl_to_targets(peers, targets, self.kd_t)
         leader_kd = kl_div_t(leader, torch.stack(peers).mean(0), self.kd_t)
         weight = rampup_weight(epoch, self.rampup_epochs)
         return {

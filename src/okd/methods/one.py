@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.losses.distill import kl_div_t, sum_cross_entropy
+from okd.losses.distill import kl_to_targets, sum_cross_entropy
 from okd.methods.base import OKDMethod
 from okd.methods.registry import register_method
 from okd.models import Cohort, CohortOutput
@@ -84,7 +84,7 @@ class ONE(OKDMethod):
         return {
             "ce": sum_cross_entropy(output.logits, batch.targets),
             "teacher_ce": F.cross_entropy(teacher, batch.targets),
-            "kd": torch.stack([kl_div_t(z, target, self.kd_t) for z in output.logits]).sum(),
+            "kd": kl_to_targets(output.logits, [target] * len(output.logits), self.kd_t),
         }
 
     def ensemble_logits(self, output: CohortOutput) -> torch.Tensor:
