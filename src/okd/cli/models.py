@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    header = ["backbone", "classes", "input", "params", "MACs", "early", "late"]
+    header = ["backbone", "classes", "input", "params", "MACs", "early: peers from", "late: peers from"]
     if args.num_peers:
         header += [f"cohort x{args.num_peers} ({args.share}) params", "cohort MACs"]
     table = []
