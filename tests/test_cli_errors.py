@@ -252,7 +252,7 @@ def test_sigterm_on_one_ddp_rank_stops_all_and_resumes_exactly(tmp_path: Path) -
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(worker), str(full), str(split), *tiny]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     interrupted = 128 + signal.SIGTERM
     assert f"rank 0 codes [0, {interrupted}, 0]" in proc.stdout and f"rank 1 codes [0, {interrupted}, 0]" in proc.stdout
     assert "Resume with: okd train --out" in proc.stdout

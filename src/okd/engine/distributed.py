@@ -178,5 +178,9 @@ def process_group(device: str) -> Iterator[DistInfo]:
     dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=collective_timeout())
     try:
         yield current()
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: a failed peer would make it wait for the timeout
+        raise
+    # every rank done with its last collective before any rank closes its connections
+    dist.barrier()
+    dist.destroy_process_group()
