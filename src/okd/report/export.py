@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from okd.engine.checkpoint import TEMP_SUFFIX, temp_prefix
 from okd.errors import OKDUserError
 
 FORMATS = ("state_dict", "torchscript", "onnx")
@@ -240,7 +241,7 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
         raise OKDUserError(f"--out {out} is a folder; give a file name (e.g. {out / 'model.pt'})")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=TEMP_SUFFIX, dir=out.parent)
         os.close(fd)
         os.chmod(name, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the exported file's mode
     except OSError as exc:
