@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name, what in (("train", "training images (512)"), ("test", "test images (256)"), ("classes", "classes (10)"),
                        ("size", "image side in pixels (32)")):
         data.add_argument(f"--synthetic-{name}", type=int, help=f"--dataset synthetic: {what}")
+    data.add_argument("--train-per-class", type=int,
+                      help="keep only the first K training images of each class (a fixed few-label subset; in-memory datasets)")
 
     opt = p.add_argument_group("optimisation (defaults: the recipe of the method and dataset)")
     opt.add_argument("--epochs", type=int)

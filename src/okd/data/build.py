@@ -38,6 +38,9 @@ def build_data(cfg: DataConfig) -> tuple[DataSpec, TrainLoader, EvalLoader]:
     if name == "imagenet":
         from okd.data.imagenet import build_imagenet
 
+        if cfg.train_per_class is not None:
+            raise OKDUserError("--train-per-class needs an in-memory dataset (digits, cifar100, synthetic), not the streamed imagenet folders")
+
         return build_imagenet(cfg, cfg.data_dir or DEFAULT_DATA_DIR, device)
     raise OKDUserError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(DATASETS)}")
 
@@ -62,6 +65,26 @@ def check_config(cfg: DataConfig) -> torch.device:
     return device
 
 
+def first_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``per_class`` training images of every class, in training-set order.
+
+    A fixed subset (it does not depend on the seed), so runs that differ only in their seed see the
+    same few labelled images: the few-label regime where peers overfit and the methods separate.
+    """
+    labels = labels.to(torch.int64)
+    counts = torch.bincount(labels, minlength=num_classes)
+    smallest = int(counts.min())
+    if per_class < 1 or per_class > smallest:
+        raise OKDUserError(
+            f"--train-per-class must be in [1, {smallest}] (the smallest class has {smallest} training images), got {per_class}"
+        )
+    order = torch.argsort(labels, stable=True)  # grouped by class, training order kept inside a class
+    starts = torch.cumsum(counts, 0) - counts
+    rank_in_class = torch.arange(labels.numel()) - starts[labels[order]]
+    keep = order[rank_in_class < per_class].sort().values
+    return images[keep], labels[keep]
+
+
 def eval_batch_per_rank(cfg: DataConfig) -> int:
     """Evaluation batches need not split evenly (the order does not matter): round up."""
     return -(-cfg.eval_batch_size // cfg.world_size)
@@ -80,6 +103,8 @@ def in_memory(
 ) -> tuple[DataSpec, TrainLoader, EvalLoader]:
     """Put uint8 train/test tensors on the device and wrap them in the batched loaders."""
     train_x, train_y, test_x, test_y = arrays
+    if cfg.train_per_class is not None:
+        train_x, train_y = first_per_class(train_x, train_y, cfg.train_per_class, num_classes)
     spec = DataSpec(name, num_classes, train_x.shape[0], test_x.shape[0], int(train_x.shape[-1]), train_y.to(torch.int64).cpu())
     normalizer = Normalizer(mean, std, device)
     plan = EpochPlan(spec.num_train, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed)

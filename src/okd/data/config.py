@@ -30,6 +30,7 @@ class DataConfig:
     synthetic_test: int = 256
     synthetic_classes: int = 10
     synthetic_size: int = 32
+    train_per_class: int | None = None  # keep only the first K training images of each class (few-label regimes)
 
 
 @dataclass(frozen=True)

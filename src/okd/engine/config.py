@@ -35,6 +35,7 @@ class TrainConfig:
     synthetic_test: int = 256
     synthetic_classes: int = 10
     synthetic_size: int = 32
+    train_per_class: int | None = None  # keep the first K training images of each class
     # optimisation (None = the recipe's value, see recipe())
     epochs: int | None = None
     batch_size: int | None = None  # global: split across distributed ranks

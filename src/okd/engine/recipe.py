@@ -75,6 +75,7 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
         check_positive(name, getattr(cfg, name), strict=False)
     if cfg.nce_m is not None and not 0 <= cfg.nce_m < 1:
         raise OKDUserError(f"--nce-m must be in [0, 1), got {cfg.nce_m}")
+    check_positive("train_per_class", cfg.train_per_class)
     if cfg.limit_batches is not None:
         check_positive("limit_batches", cfg.limit_batches)
     if cfg.num_peers < min_peers:

@@ -89,6 +89,7 @@ def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist
         synthetic_test=cfg.synthetic_test,
         synthetic_classes=cfg.synthetic_classes,
         synthetic_size=cfg.synthetic_size,
+        train_per_class=cfg.train_per_class,
     )
     spec, train_loader, eval_loader = build_data(data_cfg)
     options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
