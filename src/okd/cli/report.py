@@ -15,8 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders searched recursively for summary.json")
     p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     p.add_argument("--dataset", help="only this dataset's runs (default: one set of tables per dataset found)")
-    p.add_argument("--table", action="append", choices=("main", "imagenet", "ablation"),
-                   help="only these tables (repeatable; default: main + ablation, or imagenet for ImageNet runs)")
+    p.add_argument("--table", action="append", choices=("main", "imagenet", "ablation", "successors"),
+                   help="only these tables (repeatable; default: main + ablation, or imagenet for ImageNet runs; "
+                   "successors (KDCL, PCL, MCL) where such runs exist)")
     p.add_argument("--arch", action="append", metavar="ARCH",
                    help="only these backbones' rows (repeatable; default: every row of the paper's table)")
     p.add_argument("--epoch", choices=("last", "best"), default="last",

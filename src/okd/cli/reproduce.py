@@ -11,7 +11,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Print one `okd train` command per cell and seed of a table of the paper, with run "
                        "folders that `okd report OUT_ROOT` finds; --run executes them in sequence. Arguments after "
                        "`--` are passed to every `okd train` (e.g. -- --device cuda:1 --amp).")
-    p.add_argument("--table", required=True, help="cifar100 | imagenet | ablation")
+    p.add_argument("--table", required=True, help="cifar100 | imagenet | ablation | successors (KDCL, PCL, MCL: their published CIFAR-100 cells)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of every cell (default: 0)")
     p.add_argument("--data", default="./data", help="CIFAR-100 / ImageNet location (default ./data)")
     p.add_argument("--out-root", default="runs", help="parent folder of the run folders (default runs)")
@@ -33,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     jobs = table_jobs(args.table, args.seeds, args.dataset, args.arch, args.method)
     dataset = jobs[0].dataset if jobs else args.table
     then = f"okd report {args.out_root} --dataset {dataset} --paper"
-    if args.table == "ablation":
-        then += " --table ablation"
+    if args.table in ("ablation", "successors"):
+        then += f" --table {args.table}"
     if not args.execute:
         print(f"# {len(jobs)} runs for table {args.table} (seeds {' '.join(map(str, args.seeds))}); then: {then}")
         print("\n".join(command_lines(jobs, args.out_root, args.data, extra)))

@@ -31,10 +31,15 @@ METHOD_NAMES: dict[str, str] = {
     "one": "ONE",
     "okddip": "OKDDip",
     "mcl_okd": "MCL-OKD",
+    "kdcl": "KDCL",
+    "pcl": "PCL",
+    "mcl": "MCL",
 }
+# The methods that came after MCL-OKD, whose published CIFAR-100 cells form a table of their own.
+SUCCESSOR_METHODS: tuple[str, ...] = ("kdcl", "pcl", "mcl")
 DATASET_NAMES: dict[str, str] = {"cifar100": "CIFAR-100", "imagenet": "ImageNet"}
 # Which dataset each table's published figures were measured on.
-PAPER_DATASET: dict[str, str] = {"main": "cifar100", "ablation": "cifar100", "imagenet": "imagenet"}
+PAPER_DATASET: dict[str, str] = {"main": "cifar100", "ablation": "cifar100", "imagenet": "imagenet", "successors": "cifar100"}
 
 
 def model_name(arch: str) -> str:
@@ -53,7 +58,7 @@ def paper_results() -> dict[str, Any]:
 
 
 def paper_figures(kind: str, arch: str, key: str) -> tuple[float | None, float | None]:
-    """(single, ens) top-1 error of a cell of table ``kind`` ("main", "imagenet", "ablation"); None where absent.
+    """(single, ens) top-1 error of a cell of table ``kind`` ("main", "imagenet", "ablation", "successors"); None where absent.
 
     ``key`` is a method name for "main"/"imagenet" and "baseline" | "mcl" | "mcl_dot" for "ablation".
     """
@@ -61,7 +66,7 @@ def paper_figures(kind: str, arch: str, key: str) -> tuple[float | None, float |
     if kind == "ablation":
         value = data["ablation"].get(arch, {}).get(key)
         return (float(value) if value is not None else None), None
-    section = data["cifar100" if kind == "main" else "imagenet"]
+    section = data[{"main": "cifar100", "imagenet": "imagenet", "successors": "successors"}[kind]]
     cell = section.get(arch, {}).get(key)
     if not isinstance(cell, dict):
         return None, None
@@ -72,3 +77,14 @@ def paper_complexity(arch: str) -> tuple[str | None, str | None]:
     """The paper's Params and FLOPs strings of a CIFAR-100 backbone (e.g. "0.47M", "0.07G")."""
     row = paper_results()["cifar100"].get(arch, {})
     return row.get("params"), row.get("flops")
+
+
+def published_peers(method: str) -> int | None:
+    """How many peers the published figure of a successor method was measured with (its source's)."""
+    return paper_results()["successors"]["peers"].get(method)
+
+
+def successor_cells() -> list[tuple[str, str]]:
+    """(arch, method) of every published successor figure, in the paper's row order."""
+    section = paper_results()["successors"]
+    return [(arch, m) for arch in CIFAR_ROWS for m in SUCCESSOR_METHODS if m in section.get(arch, {})]

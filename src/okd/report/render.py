@@ -75,13 +75,24 @@ def notes(table: Table) -> list[str]:
     out.append("Several seeds: mean ± sample std (n = runs). —: no finished run.")
     if table.kind == "ablation":
         out.append("+MCL: MCL-OKD with --alpha 0 (no DOT loss); +MCL+DOT: MCL-OKD with alpha > 0 (the full method).")
+    elif table.kind == "successors":
+        out.append("Deployed: KDCL and MCL peer 0, PCL its temporal-mean (EMA) peer 0. Ens: the method's own ensemble "
+                   "(KDCL, MCL: mean logits; PCL: its fused peer-ensemble head).")
     else:
         out.append("MCL-OKD: runs with alpha > 0; alpha 0 runs are the +MCL ablation. "
                    "Ens: the method's own ensemble of all peers.")
     if table.paper:
         source = dataset_name(PAPER_DATASET[table.kind])
+        if table.kind == "successors":
+            from okd.report.paper import paper_results
+
+            section = paper_results()["successors"]
+            peers = ", ".join(f"{name.upper()} {n} peers" for name, n in section["peers"].items())
+            out.append(f"paper: each method's own publication ({peers}; 100 − the published mean accuracy, over 3 runs), "
+                       "not the MCL-OKD paper's protocol; only an okd re-run under one protocol is a fair comparison.")
         if table.comparable:
-            out.append("paper: the original README's figures; Δ = ours − paper (negative: a lower error than published).")
+            source = "the figures above" if table.kind == "successors" else "the original README's figures"
+            out.append(f"paper: {source}; Δ = ours − paper (negative: a lower error than published).")
         else:
             out.append(f"paper: figures measured on {source}; these {table.dataset} results are not comparable, "
                        "so no difference is shown.")

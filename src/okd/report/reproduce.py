@@ -20,10 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from okd.errors import OKDUserError
-from okd.report.paper import CIFAR_ROWS, IMAGENET_ROWS
+from okd.report.paper import CIFAR_ROWS, IMAGENET_ROWS, SUCCESSOR_METHODS, published_peers, successor_cells
 
 ALL_METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
-REPRO_TABLES = ("cifar100", "imagenet", "ablation")
+REPRO_TABLES = ("cifar100", "imagenet", "ablation", "successors")
 NEEDS_DATA = ("cifar100", "imagenet")  # the embedded/synthetic sets need no --data
 
 
@@ -36,6 +36,7 @@ class Job:
     dataset: str
     seed: int
     alpha0: bool = False  # the "+MCL" ablation: MCL-OKD without the DOT loss
+    num_peers: int | None = None  # pinned where the published figure used another count than the recipe's
 
     def out(self, root: str | Path) -> Path:
         name = self.method + ("-alpha0" if self.alpha0 else "")
@@ -47,6 +48,8 @@ class Job:
             args += ["--data", str(data)]
         if self.alpha0:
             args += ["--alpha", "0"]
+        if self.num_peers is not None:
+            args += ["--num-peers", str(self.num_peers)]
         tail = ["--seed", str(self.seed), "--out", str(self.out(root)), *extra]
         return args + recipe_flags(args + tail) + tail
 
@@ -86,6 +89,8 @@ def table_jobs(table: str, seeds: Sequence[int], dataset: str | None = None,
     """Every run of ``table``, seed by seed (a full table for seed 0 exists before seed 1 starts)."""
     if table not in REPRO_TABLES:
         raise OKDUserError(f"unknown table {table!r}; choose one of {', '.join(REPRO_TABLES)}")
+    if table == "successors":
+        return _successor_jobs(seeds, dataset or "cifar100", archs, methods)
     if table == "imagenet":
         if dataset not in (None, "imagenet"):
             raise OKDUserError("--table imagenet always runs on ImageNet; --dataset applies to the CIFAR tables")
@@ -109,6 +114,26 @@ def table_jobs(table: str, seeds: Sequence[int], dataset: str | None = None,
         for method, alpha0 in cells
         if not methods or method in methods
     ]
+
+
+def _successor_jobs(seeds: Sequence[int], dataset: str, archs: Sequence[str] | None,
+                    methods: Sequence[str] | None) -> list[Job]:
+    """Every published CIFAR-100 cell of KDCL, PCL and MCL (with its published number of peers), and
+    the baseline of each of those backbones."""
+    cells = successor_cells()
+    rows = list(dict.fromkeys(arch for arch, _ in cells))
+    for name, chosen, known in (("--arch", archs, rows), ("--method", methods, ("baseline", *SUCCESSOR_METHODS))):
+        unknown = sorted(set(chosen or ()) - set(known))
+        if unknown:
+            raise OKDUserError(f"{name} {' '.join(unknown)} is not in table successors; it has: {', '.join(known)}")
+    jobs = []
+    for seed in seeds:
+        for arch in rows:
+            if archs and arch not in archs:
+                continue
+            wanted = [("baseline", None)] + [(m, published_peers(m)) for a, m in cells if a == arch]
+            jobs += [Job(m, arch, dataset, seed, num_peers=n) for m, n in wanted if not methods or m in methods]
+    return jobs
 
 
 def command_lines(jobs: Sequence[Job], root: str | Path, data: str | None, extra: Sequence[str] = ()) -> list[str]:

@@ -18,13 +18,14 @@ from okd.report.paper import (
     IMAGENET_ROWS,
     METHOD_NAMES,
     PAPER_DATASET,
+    SUCCESSOR_METHODS,
     dataset_name,
     model_name,
     paper_complexity,
     paper_figures,
 )
 
-TABLE_KINDS = ("main", "imagenet", "ablation")
+TABLE_KINDS = ("main", "imagenet", "ablation", "successors")
 
 # Config fields that do not change what a run computes; all others must agree within a cell.
 _IRRELEVANT = {"seed", "device", "data", "download", "workers", "log_interval", "tensorboard", "compile",
@@ -61,8 +62,12 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("mcl", "+MCL", "mcl_okd", "mcl", show="single", paper_key="mcl"),
         Column("mcl_dot", "+MCL+DOT (MCL-OKD)", "mcl_okd", "mcl_dot", show="single", paper_key="mcl_dot"),
     ),
+    "successors": (
+        Column("baseline", "Baseline", "baseline", show="single"),
+        *(Column(m, f"{METHOD_NAMES[m]} (Ens)", m) for m in SUCCESSOR_METHODS),
+    ),
 }
-ROWS: dict[str, tuple[str, ...]] = {"main": CIFAR_ROWS, "imagenet": IMAGENET_ROWS, "ablation": CIFAR_ROWS}
+ROWS: dict[str, tuple[str, ...]] = {"main": CIFAR_ROWS, "imagenet": IMAGENET_ROWS, "ablation": CIFAR_ROWS, "successors": CIFAR_ROWS}
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ class Table:
         shown = name if name == self.dataset else f"{name} ({self.dataset})"
         if self.kind == "ablation":
             return f"Ablation on {shown}: top-1 error (%) of the deployed peer"
+        if self.kind == "successors":
+            return f"Methods after MCL-OKD on {shown}: top-1 error (%) of the deployed peer (ensemble in parentheses)"
         if self.kind == "imagenet":
             return f"{shown}: top-1 error (%) of the deployed peer and the MCL-OKD ensemble"
         return f"{shown}: top-1 error (%) of the deployed peer (ensemble of all peers in parentheses)"
@@ -138,8 +145,12 @@ def column_of(run: RunRecord, column: Column) -> bool:
     return run.method == column.method and run.variant == column.variant
 
 
-def default_kinds(dataset: str) -> tuple[str, ...]:
-    return ("imagenet",) if dataset == "imagenet" else ("main", "ablation")
+def default_kinds(dataset: str, runs: list[RunRecord] = ()) -> tuple[str, ...]:
+    """The paper's tables of ``dataset``, plus the successors' table where such runs exist."""
+    kinds: tuple[str, ...] = ("imagenet",) if dataset == "imagenet" else ("main", "ablation")
+    if any(r.dataset == dataset and r.method in SUCCESSOR_METHODS for r in runs):
+        kinds += ("successors",)
+    return kinds
 
 
 def dataset_order(datasets: set[str]) -> list[str]:
@@ -177,7 +188,7 @@ def build_tables(runs: list[RunRecord], datasets: list[str], kinds: tuple[str, .
     """Every requested table for every dataset, in the paper's order."""
     tables = []
     for dataset in datasets:
-        for kind in kinds or default_kinds(dataset):
+        for kind in kinds or default_kinds(dataset, runs):
             tables.append(build_table(kind, dataset, runs, epoch, paper))
     return tables
 
