@@ -59,8 +59,7 @@ CIFAR10 = CifarRelease(
     "batches.meta", "labels", "label_names", 10, "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "c58f30108f718f92721af3b95e74349a",
 )
-# CIFAR-100's names, kept for the callers and tests that use them
-ARCHIVE, FOLDER, MEMBERS, URL, MD5 = CIFAR100.archive, CIFAR100.folder, CIFAR100.members, CIFAR100.url, CIFAR100.md5
+URL, MD5 = CIFAR100.url, CIFAR100.md5  # CIFAR-100's, as callers knew them
 
 
 def load_cifar100(data_dir: str | Path, download: bool = False) -> CifarArrays:
