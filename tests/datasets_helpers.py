@@ -133,3 +133,49 @@ def write_imagenet_tree(root: Path, classes: int = 3, per_class: int = 4, size: 
                 pixels[..., c % 3] = 255 - 40 * (c // 3)
                 Image.fromarray(pixels).save(folder / f"{split}_{c}_{i}.JPEG", quality=90)
     return root
+
+
+# -- CIFAR-10 -------------------------------------------------------------------------------------
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def cifar10_batch(n: int, seed: int, name: str) -> dict:
+    rng = np.random.RandomState(seed)
+    return {
+        "batch_label": f"{name} batch",
+        "labels": [int(v) for v in rng.randint(0, 10, size=n)],
+        "data": rng.randint(0, 256, size=(n, 3072)).astype(np.uint8),
+        "filenames": [f"{name}_{i:05d}.png" for i in range(n)],
+    }
+
+
+def write_cifar10(root: Path, per_batch: int = 6, n_test: int = 10, archive: bool = False, folder: bool = True) -> Path:
+    """``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` (and/or the .tar.gz), Python 2 pickles."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    members = {f"data_batch_{i}": py2_pickle(cifar10_batch(per_batch, i, f"training {i}")) for i in range(1, 6)}
+    members["test_batch"] = py2_pickle(cifar10_batch(n_test, 0, "testing"))
+    members["batches.meta"] = py2_pickle({"label_names": CIFAR10_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072})
+    target = root / CIFAR10_FOLDER
+    if folder:
+        target.mkdir(exist_ok=True)
+        for name, blob in members.items():
+            (target / name).write_bytes(blob)
+    if archive:
+        path = root / "cifar-10-python.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for name, blob in members.items():
+                info = tarfile.TarInfo(f"{CIFAR10_FOLDER}/{name}")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+        if not folder:
+            return path
+    return target
+
+
+def cifar10_expected(per_batch: int = 6, n_test: int = 10) -> tuple[np.ndarray, list, np.ndarray, list]:
+    """What ``write_cifar10`` stores: the five training batches concatenated in order, then the test batch."""
+    batches = [cifar10_batch(per_batch, i, f"training {i}") for i in range(1, 6)]
+    test = cifar10_batch(n_test, 0, "testing")
+    return np.concatenate([b["data"] for b in batches]), sum((b["labels"] for b in batches), []), test["data"], test["labels"]

@@ -12,7 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on its test set",
                        description="Evaluate a checkpoint written by `okd train` (best.pt or last.pt).")
     p.add_argument("--checkpoint", required=True, help="path to best.pt / last.pt")
-    p.add_argument("--data", help="dataset location, if it moved since training")
+    p.add_argument("--data", help="dataset location, if it moved since training; for --dataset folder any folder "
+                   "whose val/<class> names are among the run's classes (labels follow the names)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--limit-batches", type=int, help="evaluate at most N batches")
@@ -39,7 +40,7 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
     if batch_size is not None:
         changes["eval_batch_size"] = batch_size
     cfg = replace(cfg, **changes)
-    spec, _train, eval_loader, method = build_for_config(cfg, dev, current())
+    spec, _train, eval_loader, method = build_for_config(cfg, dev, current(), state.get("data"), eval_only=True)
     try:
         method.load_state_dict(state["model"])
     except RuntimeError as exc:

@@ -36,10 +36,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--share", help="none | early | late | tree (default: the method's)")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | imagenet | synthetic")
-    data.add_argument("--data", help="CIFAR-100 archive/folder (or its parent), or ImageNet root with train/ and val/")
-    data.add_argument("--download", action="store_true", help="fetch CIFAR-100 into --data if missing (verifies its MD5)")
-    data.add_argument("--workers", "--num-workers", dest="workers", type=int, help="ImageNet loader processes (default 8)")
+    data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic")
+    data.add_argument("--data", help="CIFAR-10/100 archive/folder (or its parent), or an ImageNet/image-folder root with "
+                      "train/<class>/ and val/<class>/")
+    data.add_argument("--download", action="store_true", help="fetch CIFAR-10/100 into --data if missing (verifies its MD5)")
+    data.add_argument("--workers", "--num-workers", dest="workers", type=int,
+                      help="image decoding processes for imagenet and folder (default 8)")
+    data.add_argument("--image-size", type=int, help="--dataset folder: train and evaluate at N x N pixels "
+                      "(default: the backbone's input size, 32 for the CIFAR nets)")
+    data.add_argument("--val-split", type=float, help="--dataset folder: hold out this fraction of each train/ class "
+                      "for validation (seeded; no val/ needed), e.g. 0.1")
+    data.add_argument("--in-memory", choices=("auto", "yes", "no"), help="--dataset folder: decode every image once "
+                      "into memory and augment as CIFAR (yes), stream from disk (no), or decide by size (auto, default)")
     for name, what in (("train", "training images (512)"), ("test", "test images (256)"), ("classes", "classes (10)"),
                        ("size", "image side in pixels (32)")):
         data.add_argument(f"--synthetic-{name}", type=int, help=f"--dataset synthetic: {what}")

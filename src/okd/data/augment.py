@@ -15,6 +15,11 @@ import torch.nn.functional as F
 
 CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
+# CIFAR-10: per-channel mean and standard deviation of the 50,000 training images' pixels in [0, 1]
+# (the commonly used values, computed the same way as CIFAR-100's above; not the also-copied
+# std (0.2023, 0.1994, 0.2010), which averages per-image deviations).
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 import torch
 
-from okd.data.augment import CIFAR100_MEAN, CIFAR100_STD, Normalizer
+from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
 from okd.data.sampling import EpochPlan
 from okd.errors import OKDUserError
 
-DATASETS: tuple[str, ...] = ("cifar100", "imagenet", "digits", "synthetic")
+DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic")
 DEFAULT_DATA_DIR = "./data"  # the reference scripts' --data default
 
 
@@ -29,19 +29,22 @@ def build_data(cfg: DataConfig) -> tuple[DataSpec, TrainLoader, EvalLoader]:
     if name == "digits":
         from okd.data.digits import DIGITS_MEAN, DIGITS_STD, load_digits_uint8
 
-        return in_memory(name, load_digits_uint8(), 10, DIGITS_MEAN, DIGITS_STD, 4, False, cfg, device)
-    if name == "cifar100":
-        from okd.data.cifar import load_cifar100
+        digits = [str(d) for d in range(10)]
+        return in_memory(name, load_digits_uint8(), 10, DIGITS_MEAN, DIGITS_STD, 4, False, cfg, device, digits)
+    if name in ("cifar100", "cifar10"):
+        from okd.data.cifar import CIFAR10, CIFAR100, load_release
 
-        arrays = load_cifar100(cfg.data_dir or DEFAULT_DATA_DIR, download=cfg.download)
-        return in_memory(name, arrays, 100, CIFAR100_MEAN, CIFAR100_STD, 4, True, cfg, device)
+        release, mean, std = (CIFAR100, CIFAR100_MEAN, CIFAR100_STD) if name == "cifar100" else (CIFAR10, CIFAR10_MEAN, CIFAR10_STD)
+        arrays, names = load_release(release, cfg.data_dir or DEFAULT_DATA_DIR, download=cfg.download)
+        return in_memory(name, arrays, release.num_classes, mean, std, 4, True, cfg, device, names)
     if name == "imagenet":
         from okd.data.imagenet import build_imagenet
 
-        if cfg.train_per_class is not None:
-            raise OKDUserError("--train-per-class needs an in-memory dataset (digits, cifar100, synthetic), not the streamed imagenet folders")
-
         return build_imagenet(cfg, cfg.data_dir or DEFAULT_DATA_DIR, device)
+    if name == "folder":
+        from okd.data.folder import build_folder
+
+        return build_folder(cfg, cfg.data_dir or DEFAULT_DATA_DIR, device)
     raise OKDUserError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(DATASETS)}")
 
 
@@ -57,6 +60,8 @@ def check_config(cfg: DataConfig) -> torch.device:
         raise OKDUserError(f"batch sizes must be positive (batch_size={cfg.batch_size}, eval_batch_size={cfg.eval_batch_size})")
     if cfg.batch_size % cfg.world_size:
         raise OKDUserError(f"the global batch size {cfg.batch_size} is not divisible by the {cfg.world_size} processes; pick a multiple of {cfg.world_size}")
+    if cfg.train_per_class is not None and cfg.dataset in ("imagenet", "folder"):
+        raise OKDUserError(f"--train-per-class works on digits, cifar10, cifar100 and synthetic data, not --dataset {cfg.dataset}")
     if cfg.workers < 0:
         raise OKDUserError(f"workers must be >= 0, got {cfg.workers}")
     if cfg.dataset == "synthetic":
@@ -100,12 +105,17 @@ def in_memory(
     flip: bool,
     cfg: DataConfig,
     device: torch.device,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[DataSpec, TrainLoader, EvalLoader]:
     """Put uint8 train/test tensors on the device and wrap them in the batched loaders."""
     train_x, train_y, test_x, test_y = arrays
     if cfg.train_per_class is not None:
         train_x, train_y = first_per_class(train_x, train_y, cfg.train_per_class, num_classes)
-    spec = DataSpec(name, num_classes, train_x.shape[0], test_x.shape[0], int(train_x.shape[-1]), train_y.to(torch.int64).cpu())
+    names = tuple(class_names) if class_names is not None else None
+    spec = DataSpec(
+        name, num_classes, train_x.shape[0], test_x.shape[0], int(train_x.shape[-1]), train_y.to(torch.int64).cpu(),
+        names, {"class_names": list(names) if names is not None else None},
+    )
     normalizer = Normalizer(mean, std, device)
     plan = EpochPlan(spec.num_train, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed)
     train = TensorTrainLoader(train_x.to(device), train_y.to(device, torch.int64), plan, normalizer, pad, flip, cfg.channels_last)

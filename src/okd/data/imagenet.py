@@ -94,10 +94,13 @@ def _batches(loader: DataLoader) -> Iterator[Any]:
 
 
 class TrainFolder(Dataset):
-    """Items are addressed by (index, epoch): RandomResizedCrop(224) + flip seeded per sample."""
+    """Items are addressed by (index, epoch): RandomResizedCrop(size, 224 for ImageNet) + flip seeded per sample.
 
-    def __init__(self, folder: ImageFolder, seed: int) -> None:
-        self.folder, self.seed = folder, seed
+    ``folder`` is an ImageFolder or anything with its ``samples`` and ``loader`` (data/folder.py).
+    """
+
+    def __init__(self, folder: ImageFolder, seed: int, size: int = INPUT_SIZE) -> None:
+        self.folder, self.seed, self.size = folder, seed, size
 
     def __len__(self) -> int:
         return len(self.folder.samples)
@@ -108,17 +111,20 @@ class TrainFolder(Dataset):
         image = load_image(self.folder, path)
         generator = cpu_generator("okd.imagenet", self.seed, epoch, index)
         top, left, h, w = resized_crop_params(*image.size, generator)
-        image = TF.resized_crop(image, top, left, h, w, [INPUT_SIZE, INPUT_SIZE], InterpolationMode.BILINEAR, antialias=True)
+        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], InterpolationMode.BILINEAR, antialias=True)
         if float(torch.rand(1, generator=generator)) < 0.5:
             image = TF.hflip(image)
         return TF.pil_to_tensor(image), label, index
 
 
 class EvalFolder(Dataset):
-    """Samples ``[start, stop)`` of the val folder: Resize(256) + CenterCrop(224), no randomness."""
+    """Samples ``[start, stop)`` of the val folder: Resize(resize) + CenterCrop(size), no randomness.
 
-    def __init__(self, folder: ImageFolder, start: int, stop: int) -> None:
-        self.folder, self.start, self.stop = folder, start, stop
+    ImageNet: shorter side to 256, centre 224; the folder dataset: shorter side to size, centre size.
+    """
+
+    def __init__(self, folder: ImageFolder, start: int, stop: int, size: int = INPUT_SIZE, resize: int = RESIZE) -> None:
+        self.folder, self.start, self.stop, self.size, self.resize = folder, start, stop, size, resize
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -126,8 +132,8 @@ class EvalFolder(Dataset):
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int, int]:
         index = self.start + position
         path, label = self.folder.samples[index]
-        image = TF.resize(load_image(self.folder, path), RESIZE, InterpolationMode.BILINEAR, antialias=True)
-        image = TF.center_crop(image, [INPUT_SIZE, INPUT_SIZE])
+        image = TF.resize(load_image(self.folder, path), self.resize, InterpolationMode.BILINEAR, antialias=True)
+        image = TF.center_crop(image, [self.size, self.size])
         return TF.pil_to_tensor(image), label, index
 
 
@@ -250,7 +256,8 @@ def build_imagenet(cfg: DataConfig, data_dir: str | Path, device: torch.device) 
     root = Path(data_dir).expanduser()
     train, val = open_folders(root)
     targets = torch.tensor(train.targets, dtype=torch.int64)
-    spec = DataSpec("imagenet", len(train.classes), len(train.samples), len(val.samples), INPUT_SIZE, targets)
+    classes = tuple(train.classes)
+    spec = DataSpec("imagenet", len(classes), len(train.samples), len(val.samples), INPUT_SIZE, targets, classes, {"class_names": list(classes)})
     plan = EpochPlan(spec.num_train, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed)
     start, stop = even_split(spec.num_test, cfg.world_size, cfg.rank)
     eval_batch = -(-cfg.eval_batch_size // cfg.world_size)

@@ -8,10 +8,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from okd.data import DATASETS
+from okd.data.config import check_folder_options
 from okd.engine.config import TrainConfig, check_device_name, check_positive
 from okd.errors import OKDUserError
 from okd.methods import get_method_class, resolve_method_name, split_arch
-from okd.models import SHARE_MODES
+from okd.models import SHARE_MODES, create_backbone
 
 # The original README's --nce_k per backbone (CIFAR) and the reference default elsewhere.
 NCE_K_BY_BACKBONE = {"resnet32": 256, "resnet110": 256, "densenet40_12": 256, "vgg16": 16384, "hcgnet_a1": 16384, "resnet34": 16384}
@@ -23,7 +24,7 @@ def _optimisation_recipe(method: str, dataset: str) -> dict[str, float | int]:
             return {"epochs": 100, "batch_size": 128, "lr": 0.05, "wd": 1e-4}
         # design.md §3: 100 epochs, one cosine (not the reference's accidental 300-epoch restart)
         return {"epochs": 100, "batch_size": 256, "lr": 0.1, "wd": 1e-4}
-    if dataset == "cifar100":
+    if dataset in ("cifar100", "cifar10", "folder"):  # a folder of your own images starts from CIFAR's recipe
         if method == "mcl_okd":
             return {"epochs": 300, "batch_size": 64, "lr": 0.05, "wd": 5e-4}
         return {"epochs": 300, "batch_size": 128, "lr": 0.1, "wd": 5e-4}
@@ -53,9 +54,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         changes["eval_batch_size"] = 500 if cfg.dataset != "imagenet" else 256
     if method == "mcl_okd":
         if cfg.nce_k is None:
-            changes["nce_k"] = NCE_K_BY_BACKBONE.get(backbone, 256) if cfg.dataset in ("cifar100", "imagenet") else 256
+            changes["nce_k"] = NCE_K_BY_BACKBONE.get(backbone, 256) if cfg.dataset in ("cifar100", "cifar10", "imagenet") else 256
         if cfg.nce_t is None:
             changes["nce_t"] = 0.07 if cfg.dataset == "imagenet" else 0.1
+    if cfg.dataset == "folder" and cfg.image_size is None:
+        changes["image_size"] = create_backbone(backbone, 2).spec.input_size
     if cfg.lr_schedule == "multistep" and cfg.milestones is None:
         epochs = changes.get("epochs", cfg.epochs)
         changes["milestones"] = [epochs // 2, epochs * 3 // 4]
@@ -92,8 +95,9 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
     if cfg.nan_policy not in ("stop", "skip-step"):
         raise OKDUserError(f"--nan-policy must be stop or skip-step, got {cfg.nan_policy!r}")
     check_device_name(cfg.device)
-    if cfg.dataset in ("cifar100", "imagenet") and cfg.data is None and not cfg.download:
-        raise OKDUserError(f"--data is required for --dataset {cfg.dataset} (or pass --download with --data DIR for CIFAR-100)")
+    if cfg.dataset in ("cifar100", "cifar10", "imagenet", "folder") and cfg.data is None and not cfg.download:
+        raise OKDUserError(f"--data is required for --dataset {cfg.dataset} (or pass --download with --data DIR for CIFAR-10/100)")
+    check_folder_options(cfg.dataset, cfg.image_size, cfg.val_split, cfg.in_memory)
     if cfg.dataset == "synthetic":
         for name in ("synthetic_train", "synthetic_test", "synthetic_classes", "synthetic_size"):
             check_positive(name, getattr(cfg, name))

@@ -1,4 +1,4 @@
-"""The run folder (design.md §4): config.yaml, metrics.jsonl, last.pt, best.pt, summary.json, train.log."""
+"""The run folder (design.md §4): config.yaml, metrics.jsonl, last.pt, best.pt, summary.json, train.log, data.json."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
 from okd.errors import OKDUserError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "train.log")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "train.log", "data.json")
 # A folder holds a run worth keeping once one of these exists; config.yaml and train.log alone are
 # what a run that failed before its first checkpoint leaves, and a rerun may replace them.
 WORK_FILES = ("metrics.jsonl", "last.pt", "best.pt")
@@ -63,6 +63,10 @@ class RunDir:
 
     def write_config(self, plain: dict[str, Any]) -> None:
         self._write_text(self.config, yaml.safe_dump(plain, sort_keys=False))
+
+    def write_data(self, manifest: dict[str, Any] | None) -> None:
+        """data.json: the class names and, for an image folder, its validation split (as in each checkpoint)."""
+        self._write_text(self.path / "data.json", json.dumps(manifest, indent=2))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._write_text(self.summary, json.dumps(summary, indent=2))

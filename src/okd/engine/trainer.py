@@ -70,8 +70,14 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 100_003 + step * 1_009 + rank * 7) % (2**63 - 1)
 
 
-def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist.DistInfo) -> tuple[DataSpec, Any, Any, OKDMethod]:
-    """Data loaders and the method for a resolved config (shared by train and eval)."""
+def build_for_config(
+    cfg: TrainConfig, device: torch.device, dist_info: okd_dist.DistInfo, data_manifest: dict[str, Any] | None = None, eval_only: bool = False
+) -> tuple[DataSpec, Any, Any, OKDMethod]:
+    """Data loaders and the method for a resolved config (shared by train and eval).
+
+    ``data_manifest`` is what the run saved about its data (checkpoint "data"): a resumed run is
+    checked against it, an evaluation follows it (class names, validation split).
+    """
     channels_last = bool(cfg.channels_last) if cfg.channels_last is not None else True  # faster on CUDA and on CPU (benchmarks/train_throughput.py)
     data_cfg = DataConfig(
         dataset=cfg.dataset,
@@ -90,6 +96,11 @@ def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist
         synthetic_classes=cfg.synthetic_classes,
         synthetic_size=cfg.synthetic_size,
         train_per_class=cfg.train_per_class,
+        image_size=cfg.image_size,
+        val_split=cfg.val_split,
+        in_memory=cfg.in_memory,
+        manifest=data_manifest,
+        eval_only=eval_only,
     )
     spec, train_loader, eval_loader = build_data(data_cfg)
     options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
@@ -247,9 +258,11 @@ class Trainer:
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         resume_state = self._load_resume_state()
-        self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist)
+        data_manifest = resume_state.get("data") if resume_state is not None else None
+        self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist, data_manifest)
         if self.is_main:
             self.run.prepare(resume=self.resume, overwrite=self.overwrite)
+            self.run.write_data(self.spec.manifest)
         okd_dist.barrier()
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
@@ -311,6 +324,7 @@ class Trainer:
             "partial": partial,
             "best": self.best,
             "metrics_records": self.metrics_records,
+            "data": self.spec.manifest,  # class names; for an image folder also its split and file fingerprints
             "torch_version": str(torch.__version__),
         }
 
@@ -453,6 +467,7 @@ class Trainer:
             "method": self.cfg.method,
             "arch": self.cfg.arch,
             "dataset": self.cfg.dataset,
+            "class_names": list(self.spec.class_names) if self.spec.class_names is not None else None,
             "num_peers": self.cfg.num_peers,
             "seed": self.cfg.seed,
             "epochs": self.cfg.epochs,
