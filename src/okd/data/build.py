@@ -9,7 +9,7 @@ import torch
 from okd.data.augment import CIFAR100_MEAN, CIFAR100_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
-from okd.data.sampling import EpochPlan
+from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
 
 DATASETS: tuple[str, ...] = ("cifar100", "imagenet", "digits", "synthetic")
@@ -54,6 +54,10 @@ def check_config(cfg: DataConfig) -> torch.device:
         raise OKDUserError(f"batch sizes must be positive (batch_size={cfg.batch_size}, eval_batch_size={cfg.eval_batch_size})")
     if cfg.batch_size % cfg.world_size:
         raise OKDUserError(f"the global batch size {cfg.batch_size} is not divisible by the {cfg.world_size} processes; pick a multiple of {cfg.world_size}")
+    if cfg.sampler not in SAMPLERS:
+        raise OKDUserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
+    if cfg.sampler == "m_per_class":
+        check_m_per_class(cfg.m_per_class, cfg.batch_size, cfg.world_size)
     if cfg.workers < 0:
         raise OKDUserError(f"workers must be >= 0, got {cfg.workers}")
     if cfg.dataset == "synthetic":
@@ -82,7 +86,7 @@ def in_memory(
     train_x, train_y, test_x, test_y = arrays
     spec = DataSpec(name, num_classes, train_x.shape[0], test_x.shape[0], int(train_x.shape[-1]), train_y.to(torch.int64).cpu())
     normalizer = Normalizer(mean, std, device)
-    plan = EpochPlan(spec.num_train, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed)
+    plan = make_plan(cfg.sampler, spec.train_targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)
     train = TensorTrainLoader(train_x.to(device), train_y.to(device, torch.int64), plan, normalizer, pad, flip, cfg.channels_last)
     evaluate = TensorEvalLoader(
         test_x.to(device), test_y.to(device, torch.int64), eval_batch_per_rank(cfg), normalizer, cfg.rank, cfg.world_size, cfg.channels_last

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from okd.data import DATASETS
+from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive
 from okd.errors import OKDUserError
 from okd.methods import get_method_class, resolve_method_name, split_arch
@@ -75,6 +76,9 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
         check_positive(name, getattr(cfg, name), strict=False)
     if cfg.nce_m is not None and not 0 <= cfg.nce_m < 1:
         raise OKDUserError(f"--nce-m must be in [0, 1), got {cfg.nce_m}")
+    if cfg.sampler not in ("auto", *SAMPLERS):
+        raise OKDUserError(f"--sampler must be auto, {' or '.join(SAMPLERS)}, got {cfg.sampler!r}")
+    check_positive("m_per_class", cfg.m_per_class)
     if cfg.limit_batches is not None:
         check_positive("limit_batches", cfg.limit_batches)
     if cfg.num_peers < min_peers:
