@@ -133,7 +133,7 @@ def train(out: Path, *extra: str) -> int:
 
 
 @pytest.mark.parametrize("num_peers, share", [(2, "none"), (4, "early")])
-def test_cli_trains_two_steps(tmp_path: Path, num_peers: int, share: str) -> None:
+def test_cli_trains_two_steps_and_evaluates(tmp_path: Path, capsys: pytest.CaptureFixture[str], num_peers: int, share: str) -> None:
     out = tmp_path / "run"
     assert train(out, "--num-peers", str(num_peers), "--epochs", "1", "--limit-batches", "2") == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -145,6 +145,9 @@ def test_cli_trains_two_steps(tmp_path: Path, num_peers: int, share: str) -> Non
     assert sum(key.startswith("embed.") for key in state["model"]) == 4 * num_peers
     assert (share == "none") == (not any(key.startswith("cohort.trunk.") for key in state["model"]))
     assert "sampler m_per_class: every batch holds 4 random classes x 2 samples" in (out / "train.log").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["errors"] == record["test"]
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -186,3 +189,23 @@ def test_bad_options_exit_2_with_one_line_and_no_folder(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "given, batch_size, lr",
+    [
+        (dict(), 20, 0.05 * 20 / 64),  # digits: 10 classes x 2 fit in a batch, the recipe's lr/batch kept
+        (dict(dataset="synthetic", synthetic_classes=4), 8, 0.05 * 8 / 32),
+        (dict(dataset="cifar100", download=True), 128, 0.1),  # the official recipe, untouched
+        (dict(dataset="synthetic", batch_size=16), 16, 0.05),  # the user's batch is kept (and checked later)
+        (dict(dataset="synthetic", sampler="random"), 32, 0.05),
+    ],
+)
+def test_recipe_batch_fits_the_m_per_class_sampler(given: dict, batch_size: int, lr: float) -> None:
+    from okd.engine.config import TrainConfig
+    from okd.engine.recipe import resolve_config
+
+    cfg = resolve_config(TrainConfig(method="mcl", **given))
+    assert (cfg.batch_size, cfg.lr) == (batch_size, pytest.approx(lr))
+    dml = resolve_config(TrainConfig(method="dml", **given))
+    assert dml.batch_size == given.get("batch_size", {"synthetic": 32, "cifar100": 128}.get(given.get("dataset"), 64))
