@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd (default: baseline)")
+    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | mcl (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32); default resnet32")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's)")
@@ -53,6 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         data.add_argument(f"--synthetic-{name}", type=int, help=f"--dataset synthetic: {what}")
     data.add_argument("--train-per-class", type=int,
                       help="keep only the first K training images of each class (a fixed few-label subset; in-memory datasets)")
+    data.add_argument("--sampler", help="training batches: auto (default: the method's; m_per_class for mcl) | random "
+                      "(a shuffled pass per epoch) | m_per_class (batch/m random classes x m samples, drawn afresh per batch)")
+    data.add_argument("--m-per-class", type=int, help="--sampler m_per_class: samples of each class in a batch (default 2)")
 
     opt = p.add_argument_group("optimisation (defaults: the recipe of the method and dataset)")
     opt.add_argument("--epochs", type=int)
@@ -67,16 +70,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--lr-gamma", type=float, help="multistep decay factor (default 0.1)")
 
     meth = p.add_argument_group("method options (defaults: the method's)")
-    meth.add_argument("--kd-t", "--kd_T", "--kd-T", dest="kd_t", type=float, help="distillation temperature")
+    meth.add_argument("--kd-t", "--kd_T", "--kd-T", dest="kd_t", type=float,
+                      help="distillation temperature (MCL: of its soft terms and logit distillation, 3)")
     meth.add_argument("-a", "--alpha", type=float, help="MCL-OKD: DOT weight (0 = the '+MCL' ablation)")
     meth.add_argument("-b", "--beta", type=float, help="MCL-OKD: contrastive weight (0.025)")
     meth.add_argument("--gamma", type=float, help="MCL-OKD: cross-entropy weight (1)")
     meth.add_argument("--nce-k", "--nce_k", dest="nce_k", type=int, help="MCL-OKD: negatives per sample")
     meth.add_argument("--nce-t", "--nce_t", dest="nce_t", type=float, help="MCL-OKD: temperature")
     meth.add_argument("--nce-m", "--nce_m", dest="nce_m", type=float, help="MCL-OKD: memory momentum")
-    meth.add_argument("--feat-dim", "--feat_dim", dest="feat_dim", type=int, help="MCL-OKD: embedding size")
+    meth.add_argument("--feat-dim", "--feat_dim", dest="feat_dim", type=int, help="MCL-OKD, MCL: embedding size (128)")
     _bool_pair(meth, "fixed-z", "MCL-OKD: fix the NCE normaliser at the first step (CRD) instead of per batch")
     meth.add_argument("--rampup-epochs", type=int, help="OKDDip: length of the consistency ramp-up (80)")
+    meth.add_argument("--mcl-tau", type=float, help="MCL: temperature of the embedding similarities (0.1)")
+    meth.add_argument("--mcl-vcl", type=float, help="MCL: weight of the intra-network contrastive loss (the code's alpha, 0.1)")
+    meth.add_argument("--mcl-icl", type=float, help="MCL: weight of the inter-network contrastive loss (beta, 0.1)")
+    meth.add_argument("--mcl-soft-vcl", type=float, help="MCL: weight of the soft intra-network term (gamma, 1)")
+    meth.add_argument("--mcl-soft-icl", type=float, help="MCL: weight of the soft inter-network term (lam, 1)")
+    _bool_pair(meth, "mcl-logit-distill", "MCL: also distil from the detached mean logits (2 peers: both; more: the last only)")
+    _bool_pair(meth, "mcl-icl-same-instance", "MCL: the inter-network loss counts the same image as a positive (the ImageNet "
+               "code's choice; default off, as the CIFAR code)")
 
     run = p.add_argument_group("execution")
     run.add_argument("--seed", "--manual_seed", "--manual-seed", dest="seed", type=int)

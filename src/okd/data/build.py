@@ -9,7 +9,7 @@ import torch
 from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
-from okd.data.sampling import EpochPlan
+from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
 
 DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic")
@@ -62,6 +62,10 @@ def check_config(cfg: DataConfig) -> torch.device:
         raise OKDUserError(f"the global batch size {cfg.batch_size} is not divisible by the {cfg.world_size} processes; pick a multiple of {cfg.world_size}")
     if cfg.train_per_class is not None and cfg.dataset in ("imagenet", "folder"):
         raise OKDUserError(f"--train-per-class works on digits, cifar10, cifar100 and synthetic data, not --dataset {cfg.dataset}")
+    if cfg.sampler not in SAMPLERS:
+        raise OKDUserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
+    if cfg.sampler == "m_per_class":
+        check_m_per_class(cfg.m_per_class, cfg.batch_size, cfg.world_size)
     if cfg.workers < 0:
         raise OKDUserError(f"workers must be >= 0, got {cfg.workers}")
     if cfg.dataset == "synthetic":
@@ -117,7 +121,7 @@ def in_memory(
         names, {"class_names": list(names) if names is not None else None},
     )
     normalizer = Normalizer(mean, std, device)
-    plan = EpochPlan(spec.num_train, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed)
+    plan = make_plan(cfg.sampler, spec.train_targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)
     train = TensorTrainLoader(train_x.to(device), train_y.to(device, torch.int64), plan, normalizer, pad, flip, cfg.channels_last)
     evaluate = TensorEvalLoader(
         test_x.to(device), test_y.to(device, torch.int64), eval_batch_per_rank(cfg), normalizer, cfg.rank, cfg.world_size, cfg.channels_last

@@ -32,6 +32,8 @@ class DataConfig:
     rank: int = 0
     world_size: int = 1
     channels_last: bool = False  # return images in channels_last memory format
+    sampler: str = "random"  # "random" (shuffled epochs) | "m_per_class" (MCL's class-balanced batches)
+    m_per_class: int = 2  # samples per class in a batch with sampler="m_per_class"
     synthetic_train: int = 512
     synthetic_test: int = 256
     synthetic_classes: int = 10

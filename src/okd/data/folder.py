@@ -30,7 +30,7 @@ from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec, check_folder_options
 from okd.data.imagenet import EvalFolder, FolderEvalLoader, FolderTrainLoader, TrainFolder, _batches
 from okd.data.loaders import TensorEvalLoader, TensorTrainLoader
-from okd.data.sampling import EpochPlan, cpu_generator, even_split
+from okd.data.sampling import cpu_generator, even_split, make_plan
 from okd.errors import OKDUserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
@@ -261,7 +261,7 @@ def build_folder(cfg: DataConfig, data_dir: str | Path, device: torch.device) ->
         {"kind": "folder", "class_names": index.class_names, "train_counts": index.train_counts, "in_memory": in_memory,
          "val_files": index.val_files, "fingerprints": index.fingerprints},
     )
-    plan = EpochPlan(spec.num_train, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed)
+    plan = make_plan(cfg.sampler, targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)
     normalizer = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
     if cfg.eval_only:
         return spec, None, _streamed_eval(index.val, size, cfg, device)

@@ -3,7 +3,7 @@
 Decoding and the reference's per-image transforms run in DataLoader workers (torchvision
 ImageFolder + PIL); workers hand back uint8 tensors, and the float conversion and normalisation
 happen batched on the training device (4x less to copy than float32). Order and rank slicing
-come from the same EpochPlan as the in-memory datasets; each sample's random crop and flip come
+come from the same sample plan as the in-memory datasets; each sample's random crop and flip come
 from a generator seeded by (seed, epoch, index), so runs are deterministic and resumable (the
 per-sample draws do not depend on the world size either, though they differ from a global draw).
 """
@@ -25,7 +25,7 @@ from torchvision.transforms import functional as TF
 from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from okd.data.batch import Batch
 from okd.data.config import DataConfig, DataSpec
-from okd.data.sampling import EpochPlan, cpu_generator, even_split
+from okd.data.sampling import SamplePlan, cpu_generator, even_split, make_plan
 from okd.errors import OKDUserError
 
 INPUT_SIZE = 224
@@ -140,7 +140,7 @@ class EvalFolder(Dataset):
 class PlanBatchSampler:
     """This rank's slice of every global batch from ``start_step`` on, as (index, epoch) keys."""
 
-    def __init__(self, plan: EpochPlan) -> None:
+    def __init__(self, plan: SamplePlan) -> None:
         self.plan = plan
         self.epoch = 0
         self.start_step = 0
@@ -149,11 +149,9 @@ class PlanBatchSampler:
         return self.plan.steps - self.start_step
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = self.plan.permutation(self.epoch)
-        for step in range(self.start_step, self.plan.steps):
-            start, stop = self.plan.bounds(step)
-            lo, hi = self.plan.rank_bounds(stop - start)
-            yield [(index, self.epoch) for index in order[start + lo : start + hi].tolist()]
+        for global_batch in self.plan.batches(self.epoch, self.start_step):
+            lo, hi = self.plan.rank_bounds(len(global_batch))
+            yield [(index, self.epoch) for index in global_batch[lo:hi].tolist()]
 
 
 def _loader_options(cfg: DataConfig, device: torch.device) -> dict[str, Any]:
@@ -171,7 +169,7 @@ def _to_batch(item: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: tor
 class FolderTrainLoader:
     """The TrainLoader for ImageNet folders: one persistent DataLoader re-aimed at each epoch."""
 
-    def __init__(self, dataset: TrainFolder, plan: EpochPlan, cfg: DataConfig, device: torch.device) -> None:
+    def __init__(self, dataset: TrainFolder, plan: SamplePlan, cfg: DataConfig, device: torch.device) -> None:
         self.plan, self.device, self.channels_last = plan, device, cfg.channels_last
         self.normalizer = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
         self.sampler = PlanBatchSampler(plan)
@@ -258,7 +256,7 @@ def build_imagenet(cfg: DataConfig, data_dir: str | Path, device: torch.device) 
     targets = torch.tensor(train.targets, dtype=torch.int64)
     classes = tuple(train.classes)
     spec = DataSpec("imagenet", len(classes), len(train.samples), len(val.samples), INPUT_SIZE, targets, classes, {"class_names": list(classes)})
-    plan = EpochPlan(spec.num_train, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed)
+    plan = make_plan(cfg.sampler, targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)
     start, stop = even_split(spec.num_test, cfg.world_size, cfg.rank)
     eval_batch = -(-cfg.eval_batch_size // cfg.world_size)
     return (

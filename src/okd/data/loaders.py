@@ -14,7 +14,7 @@ import torch
 
 from okd.data.augment import Normalizer, augment_batch
 from okd.data.batch import Batch
-from okd.data.sampling import EpochPlan, cpu_generator, even_split
+from okd.data.sampling import SamplePlan, cpu_generator, even_split
 
 
 @runtime_checkable
@@ -61,7 +61,7 @@ class TensorTrainLoader:
         self,
         images: torch.Tensor,
         targets: torch.Tensor,
-        plan: EpochPlan,
+        plan: SamplePlan,
         normalizer: Normalizer,
         pad: int = 0,
         flip: bool = False,
@@ -83,13 +83,11 @@ class TensorTrainLoader:
         return self._iterate(epoch, start_step)
 
     def _iterate(self, epoch: int, start_step: int) -> Iterator[Batch]:
-        order = self.plan.permutation(epoch)
-        for step in range(start_step, self.plan.steps):
-            start, stop = self.plan.bounds(step)
-            offsets, flips = draw_crop_flip(self.plan.seed, epoch, step, stop - start, self.pad, self.flip)
-            lo, hi = self.plan.rank_bounds(stop - start)
+        for step, global_batch in enumerate(self.plan.batches(epoch, start_step), start=start_step):
+            offsets, flips = draw_crop_flip(self.plan.seed, epoch, step, len(global_batch), self.pad, self.flip)
+            lo, hi = self.plan.rank_bounds(len(global_batch))
             # one small host-to-device copy per step: indices and this rank's augmentation draws
-            columns = [order[start + lo : start + hi, None]]
+            columns = [global_batch[lo:hi, None]]
             if offsets is not None:
                 columns.append(offsets[lo:hi])
             if flips is not None:

@@ -39,6 +39,8 @@ class TrainConfig:
     image_size: int | None = None  # --dataset folder: square side in pixels; default: the backbone's input size
     val_split: float | None = None  # --dataset folder: hold out this fraction of train/ per class (no val/ needed)
     in_memory: str = "auto"  # --dataset folder: auto | yes (decode once, CIFAR augmentation) | no (stream)
+    sampler: str = "auto"  # auto (the method's: m_per_class for MCL, else random) | random | m_per_class
+    m_per_class: int = 2  # samples of each class in a batch with the m_per_class sampler
     # optimisation (None = the recipe's value, see recipe())
     epochs: int | None = None
     batch_size: int | None = None  # global: split across distributed ranks
@@ -61,6 +63,13 @@ class TrainConfig:
     feat_dim: int | None = None
     fixed_z: bool | None = None
     rampup_epochs: int | None = None
+    mcl_tau: float | None = None
+    mcl_vcl: float | None = None
+    mcl_icl: float | None = None
+    mcl_soft_vcl: float | None = None
+    mcl_soft_icl: float | None = None
+    mcl_logit_distill: bool | None = None
+    mcl_icl_same_instance: bool | None = None
     # execution
     seed: int = 0
     device: str = "auto"
@@ -79,7 +88,10 @@ class TrainConfig:
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tensorboard", "log_interval", "download", "data"}
 
-METHOD_OPTIONS = ("kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs")
+METHOD_OPTIONS = (
+    "kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs",
+    "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl", "mcl_logit_distill", "mcl_icl_same_instance",
+)
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}
 _KEY_ALIASES = {

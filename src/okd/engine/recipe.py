@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from okd.data import DATASETS
 from okd.data.config import check_folder_options
+from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive
 from okd.errors import OKDUserError
 from okd.methods import get_method_class, resolve_method_name, split_arch
@@ -33,6 +34,23 @@ def _optimisation_recipe(method: str, dataset: str) -> dict[str, float | int]:
     return {"epochs": 2, "batch_size": 32, "lr": 0.05, "wd": 5e-4}  # synthetic smoke runs
 
 
+def _fit_batch_to_sampler(cfg: TrainConfig, method_sampler: str, recipe: dict) -> dict:
+    """An m-per-class batch holds at most m x (number of classes) samples: a recipe batch larger than
+    that (digits: 64 > 2 x 10) shrinks to fit, with the recipe's lr scaled alike (same lr/batch ratio).
+    A batch the user set is left as given (and refused later if it does not fit)."""
+    sampler = method_sampler if cfg.sampler == "auto" else cfg.sampler
+    classes = {"digits": 10, "cifar100": 100, "synthetic": cfg.synthetic_classes}.get(cfg.dataset)
+    if sampler != "m_per_class" or "batch_size" not in recipe or classes is None or cfg.m_per_class < 1:
+        return {}
+    fitted = min(recipe["batch_size"], cfg.m_per_class * classes)
+    if fitted == recipe["batch_size"]:
+        return {}
+    changes = {"batch_size": fitted}
+    if "lr" in recipe:
+        changes["lr"] = recipe["lr"] * fitted / recipe["batch_size"]
+    return changes
+
+
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill the recipe into ``cfg`` and validate it; raises OKDUserError with one clear message."""
     method_from_arch, backbone = split_arch(cfg.arch)
@@ -48,6 +66,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     for key, value in _optimisation_recipe(method, cfg.dataset).items():
         if getattr(cfg, key) is None:
             changes[key] = value
+    changes.update(_fit_batch_to_sampler(cfg, cls.train_sampler, changes))
     if cfg.num_peers is None:
         changes["num_peers"] = 1 if method == "baseline" else 4
     if cfg.eval_batch_size is None:
@@ -79,6 +98,9 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
     if cfg.nce_m is not None and not 0 <= cfg.nce_m < 1:
         raise OKDUserError(f"--nce-m must be in [0, 1), got {cfg.nce_m}")
     check_positive("train_per_class", cfg.train_per_class)
+    if cfg.sampler not in ("auto", *SAMPLERS):
+        raise OKDUserError(f"--sampler must be auto, {' or '.join(SAMPLERS)}, got {cfg.sampler!r}")
+    check_positive("m_per_class", cfg.m_per_class)
     if cfg.limit_batches is not None:
         check_positive("limit_batches", cfg.limit_batches)
     if cfg.num_peers < min_peers:

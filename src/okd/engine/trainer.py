@@ -31,7 +31,7 @@ from okd.engine.step import autocast, make_optimizer, train_step
 from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
 from okd.errors import OKDUserError
-from okd.methods import DatasetInfo, OKDMethod, build_method
+from okd.methods import DatasetInfo, OKDMethod, build_method, get_method_class
 from okd.models import count_macs, count_params, create_backbone
 
 
@@ -70,6 +70,12 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 100_003 + step * 1_009 + rank * 7) % (2**63 - 1)
 
 
+def resolve_sampler(cfg: TrainConfig) -> str:
+    """``--sampler auto`` is the method's own (MCL: m_per_class); kept "auto" in the config so runs
+    saved before the option existed still resume."""
+    return get_method_class(cfg.method).train_sampler if cfg.sampler == "auto" else cfg.sampler
+
+
 def build_for_config(
     cfg: TrainConfig, device: torch.device, dist_info: okd_dist.DistInfo, data_manifest: dict[str, Any] | None = None, eval_only: bool = False
 ) -> tuple[DataSpec, Any, Any, OKDMethod]:
@@ -101,6 +107,8 @@ def build_for_config(
         in_memory=cfg.in_memory,
         manifest=data_manifest,
         eval_only=eval_only,
+        sampler=resolve_sampler(cfg),
+        m_per_class=cfg.m_per_class,
     )
     spec, train_loader, eval_loader = build_data(data_cfg)
     options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
@@ -266,6 +274,9 @@ class Trainer:
         okd_dist.barrier()
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
+        if resolve_sampler(cfg) == "m_per_class":
+            self.notices.append(f"sampler m_per_class: every batch holds {cfg.batch_size // cfg.m_per_class} random classes "
+                                f"x {cfg.m_per_class} samples, drawn afresh per batch")
         single = create_backbone(cfg.arch, self.spec.num_classes)
         self.sizes = (count_params(single), count_params(self.method), count_macs(single, self.spec.input_size))
         model: nn.Module = self.method

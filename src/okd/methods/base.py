@@ -39,6 +39,8 @@ class OKDMethod(nn.Module):
     default_share: ClassVar[str] = "early"
     allowed_shares: ClassVar[tuple[str, ...]] = ("none", "early", "late", "tree")
     min_peers: ClassVar[int] = 2
+    # how the engine draws training batches unless --sampler says otherwise (okd.data.sampling.SAMPLERS)
+    train_sampler: ClassVar[str] = "random"
 
     def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None) -> None:
         super().__init__()
