@@ -32,7 +32,7 @@ from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
 from okd.errors import OKDUserError
 from okd.methods import DatasetInfo, OKDMethod, build_method
-from okd.models import count_macs, count_params, create_backbone
+from okd.models import BackboneOptions, backbone_options, count_macs, count_params, create_backbone
 
 
 class TrainingInterrupted(Exception):
@@ -70,6 +70,11 @@ def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 100_003 + step * 1_009 + rank * 7) % (2**63 - 1)
 
 
+def backbone_options_of(cfg: TrainConfig, pretrained: bool | None = None) -> BackboneOptions:
+    """The config's backbone choices; rebuilding a trained model for its weights passes ``pretrained=False``."""
+    return BackboneOptions(early=cfg.early, late=cfg.late, pretrained=cfg.pretrained if pretrained is None else pretrained)
+
+
 def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist.DistInfo) -> tuple[DataSpec, Any, Any, OKDMethod]:
     """Data loaders and the method for a resolved config (shared by train and eval)."""
     channels_last = bool(cfg.channels_last) if cfg.channels_last is not None else True  # faster on CUDA and on CPU (benchmarks/train_throughput.py)
@@ -93,7 +98,7 @@ def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist
     spec, train_loader, eval_loader = build_data(data_cfg)
     options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     info = DatasetInfo(num_train=spec.num_train, num_classes=spec.num_classes, train_targets=spec.train_targets)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg)):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
     method.to(device)
