@@ -49,8 +49,8 @@ def create_library_model(canonical: str, num_classes: int, pretrained: bool = Fa
             weights_file = weights.timm_weights_file(canonical, model_name, timm_layout.pretrained_cfg(model_name))
         return timm_layout.create_model(model_name, num_classes, weights_file)
     model = torchvision_layout.create_model(model_name, num_classes)
-    if pretrained:  # an unknown family is refused before any file is looked for
-        family = torchvision_layout.family_of(canonical, model_name, model)
+    if pretrained:
+        family = torchvision_layout.family_of(canonical, model_name)
         url, weight_classes = torchvision_layout.weights_url(model_name)
         weights.load_torchvision_weights(canonical, model_name, model, url, weight_classes, family.classifier)
     return model
@@ -59,6 +59,8 @@ def create_library_model(canonical: str, num_classes: int, pretrained: bool = Fa
 def create_external_backbone(canonical: str, num_classes: int, pretrained: bool = False) -> Backbone:
     """A freshly built library model as an okd backbone, its stages checked against the library's forward."""
     library, model_name = _parts(canonical)
+    if library == "tv":
+        torchvision_layout.family_of(canonical, model_name)  # an unknown family is refused before it is built
     model = create_library_model(canonical, num_classes, pretrained)
     layout: LibraryLayout = (timm_layout if library == "timm" else torchvision_layout).layout(canonical, model_name, model)
     return assemble(layout, num_classes)

@@ -65,13 +65,13 @@ def check_name(model_name: str) -> None:
                            "list them with python -c \"import torchvision; print(torchvision.models.list_models())\"")
 
 
-def family_of(okd_name: str, model_name: str, model: nn.Module | None = None) -> Family:
+def family_of(okd_name: str, model_name: str) -> Family:
+    """The declared layout of ``model_name``'s family; refused by name, before a (maybe huge) model is built."""
     for family in FAMILIES:
         if re.match(family.pattern, model_name):
             return family
-    top = [name for name, _ in model.named_children()] if model is not None else []
-    raise refuse(okd_name, [], f"torchvision's {model_name} is not a family it knows ({KNOWN}); "
-                               f"its top-level modules are {', '.join(top) or 'unknown'}")
+    raise refuse(okd_name, [], f"torchvision's {model_name} is not a family it knows ({KNOWN}), "
+                               "and torchvision declares no feature stages")
 
 
 def create_model(model_name: str, num_classes: int) -> nn.Module:
@@ -135,7 +135,7 @@ def _merge_parameter_free(model: nn.Module, body: list[str], ends: list[str]) ->
 
 
 def layout(okd_name: str, model_name: str, model: nn.Module) -> LibraryLayout:
-    family = family_of(okd_name, model_name, model)
+    family = family_of(okd_name, model_name)
     try:
         body = _expand(model, family.body)
     except AttributeError as exc:
