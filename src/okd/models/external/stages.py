@@ -128,7 +128,6 @@ class Verified:
     """What the check of a layout found (the same for every peer of a name, so computed once)."""
 
     feature_dim: int
-    stage_names: tuple[str, ...]
 
 
 _VERIFIED: dict[str, Verified] = {}
@@ -203,4 +202,4 @@ def _verify(layout: LibraryLayout, stages: list[tuple[str, nn.Module]], referenc
         raise refuse(layout.name, names, f"the pooling stage gives shape {list(pooled.shape)}, not [batch, features]")
     if logits.shape != reference.shape or not torch.allclose(logits, reference, rtol=1e-5, atol=1e-5):
         raise refuse(layout.name, names, f"{NOT_SEQUENTIAL} (running its modules in order changes the logits)")
-    return Verified(feature_dim=int(pooled.shape[1]), stage_names=tuple(names))
+    return Verified(feature_dim=int(pooled.shape[1]))
