@@ -34,7 +34,7 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
     dev = resolve_device(device)
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
-    changes = {"download": False, "device": device}
+    changes = {"download": False, "device": device, "pretrained": False}  # the weights come from the checkpoint
     if data is not None:
         changes["data"] = data
     if batch_size is not None:

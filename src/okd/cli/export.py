@@ -10,7 +10,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a peer or the ensemble of a checkpoint",
                        description="Export the deployed peer, peer N, or the method's ensemble of a checkpoint written by "
                        "`okd train`. state_dict: the plain backbone's weights + metadata (torch.load(weights_only=True); "
-                       "loads strict into okd.models.create_backbone). torchscript / onnx: a traced graph "
+                       "loads strict into okd.models.create_backbone, or for timm:/tv: archs into the library's own model: "
+                       "timm.create_model(NAME, num_classes=C) / torchvision.models.get_model(NAME, num_classes=C)). torchscript / onnx: a traced graph "
                        "(onnx needs pip install 'okd[export]'). The file is re-run and its logits compared with the "
                        "checkpoint's before it is moved to --out; a mismatch exits with code 2 and writes nothing.")
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a run")

@@ -1,19 +1,32 @@
-"""``okd models``: every backbone's parameters and multiply-adds, optionally as a cohort."""
+"""``okd models``: every backbone's parameters and multiply-adds, optionally as a cohort; with ``--arch``,
+also each backbone's stages (what ``--early`` / ``--late`` choose among), timm:/tv: names included."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+import torch
+
 from okd.cli.tables import format_table
 
-from okd.models import SHARE_MODES, Cohort, count_macs, count_params, create_backbone, list_backbones, resolve_backbone_name
+from okd.models import (
+    SHARE_MODES,
+    Backbone,
+    Cohort,
+    count_macs,
+    count_params,
+    create_backbone,
+    list_backbones,
+    resolve_backbone_name,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list backbones with parameters and multiply-adds",
                        description="Parameters and multiply-adds (conv + linear weight MACs per image, the paper's 'FLOPs').")
-    p.add_argument("--arch", action="append", help="only these backbones (repeatable); default: all")
+    p.add_argument("--arch", action="append", help="only these backbones (repeatable), also timm:NAME / tv:NAME; "
+                   "each is shown with its stages and branch points; default: all okd backbones")
     p.add_argument("--num-classes", type=int, help="classes of the classifier (default: 100 for CIFAR nets, 1000 for resnet34)")
     p.add_argument("--num-peers", type=int, help="also size a cohort of N peers")
     p.add_argument("--share", choices=SHARE_MODES, default="early", help="what the cohort's peers share (default: early)")
@@ -21,7 +34,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def describe(name: str, num_classes: int | None, num_peers: int | None, share: str) -> dict:
+@torch.no_grad()
+def stage_summary(backbone: Backbone) -> list[dict]:
+    """Each stage's output shape for one image at the backbone's input size, and its parameter count."""
+    was_training = backbone.training
+    backbone.eval()
+    size = backbone.spec.input_size
+    x = torch.zeros(1, 3, size, size)
+    rows = []
+    for name in backbone.stage_names:
+        stage = backbone.stage(name)
+        x = stage(x)
+        rows.append({"name": name, "output_shape": list(x.shape[1:]), "params": count_params(stage)})
+    backbone.train(was_training)
+    return rows
+
+
+def describe(name: str, num_classes: int | None, num_peers: int | None, share: str, stages: bool = False) -> dict:
     backbone = create_backbone(name, num_classes)
     size = backbone.spec.input_size
     row = {
@@ -32,6 +61,8 @@ def describe(name: str, num_classes: int | None, num_peers: int | None, share: s
         "macs": count_macs(backbone, size),
         "branch_points": {"early": backbone.spec.early, "late": backbone.spec.late},
     }
+    if stages:
+        row["stages"] = stage_summary(backbone)
     if num_peers:
         cohort = Cohort(lambda: create_backbone(name, num_classes), num_peers, share)
         row["cohort"] = {"num_peers": num_peers, "share": share, "params": count_params(cohort), "macs": count_macs(cohort, size)}
@@ -44,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_peers is not None and args.num_peers < 1:
         raise OKDUserError(f"--num-peers must be >= 1, got {args.num_peers}")
     names = [resolve_backbone_name(a) for a in args.arch] if args.arch else list_backbones()
-    rows = [describe(n, args.num_classes, args.num_peers, args.share) for n in names]
+    rows = [describe(n, args.num_classes, args.num_peers, args.share, stages=bool(args.arch)) for n in names]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
@@ -60,5 +91,11 @@ def run(args: argparse.Namespace) -> int:
             cells += [f"{c['params']:,}", f"{c['macs'] / 1e9:.4f}G"]
         table.append(cells)
     print(format_table(header, table))
+    for r in rows:
+        if "stages" in r:
+            print(f"\n{r['name']} stages at {r['input_size']}px (early: {r['branch_points']['early']}, "
+                  f"late: {r['branch_points']['late']}; override with okd train --early/--late STAGE):")
+            print(format_table(["stage", "output shape", "params"],
+                               [[s["name"], "x".join(map(str, s["output_shape"])), f"{s['params']:,}"] for s in r["stages"]]))
     return 0
 

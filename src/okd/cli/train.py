@@ -31,9 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     what = p.add_argument_group("what to train")
     what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | mcl (default: baseline)")
-    what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32); default resnet32")
+    what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
+                      "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default resnet32")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's)")
+    what.add_argument("--early", help="stage where 'early' sharing ends, i.e. the first per-peer stage for DML/MCL-OKD "
+                      "(default: the backbone's; `okd models --arch NAME` lists the stages)")
+    what.add_argument("--late", help="stage where 'late' sharing ends, i.e. the first per-peer stage for ONE/OKDDip "
+                      "(default: the backbone's last feature stage)")
+    _bool_pair(what, "pretrained", "timm:/tv: backbones: start every peer from the library's pretrained weights, "
+               "from the local cache only (never downloaded)")
 
     data = p.add_argument_group("data")
     data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic")

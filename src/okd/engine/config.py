@@ -26,6 +26,9 @@ class TrainConfig:
     arch: str = "resnet32"
     num_peers: int | None = None  # recipe: 1 for baseline, 4 for every OKD method
     share: str | None = None  # none | early | late | tree; default: the method's own
+    early: str | None = None  # stage where DML/MCL-OKD peers stop sharing; default: the backbone's
+    late: str | None = None  # stage where ONE/OKDDip peers stop sharing; default: the backbone's
+    pretrained: bool = False  # timm:/tv: backbones: start every peer from locally cached weights
     # data
     dataset: str = "digits"
     data: str | None = None

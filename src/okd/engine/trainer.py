@@ -32,7 +32,7 @@ from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
 from okd.errors import OKDUserError
 from okd.methods import DatasetInfo, OKDMethod, build_method, get_method_class
-from okd.models import count_macs, count_params, create_backbone
+from okd.models import BackboneOptions, backbone_options, count_macs, count_params, create_backbone
 
 
 class TrainingInterrupted(Exception):
@@ -68,6 +68,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     """A distinct, reproducible RNG seed for every step of every rank."""
     return (seed * 1_000_003 + epoch * 100_003 + step * 1_009 + rank * 7) % (2**63 - 1)
+
+
+def backbone_options_of(cfg: TrainConfig, pretrained: bool | None = None) -> BackboneOptions:
+    """The config's backbone choices; rebuilding a trained model for its weights passes ``pretrained=False``."""
+    return BackboneOptions(early=cfg.early, late=cfg.late, pretrained=cfg.pretrained if pretrained is None else pretrained)
 
 
 def resolve_sampler(cfg: TrainConfig) -> str:
@@ -113,7 +118,7 @@ def build_for_config(
     spec, train_loader, eval_loader = build_data(data_cfg)
     options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     info = DatasetInfo(num_train=spec.num_train, num_classes=spec.num_classes, train_targets=spec.train_targets)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg)):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
     method.to(device)

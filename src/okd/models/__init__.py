@@ -1,12 +1,16 @@
 """Backbones (registry + definitions) and the generic cohort builder."""
 
 from okd.models import resnet, densenet, vgg, hcgnet  # noqa: F401,I001  (register, in the paper's order)
-from okd.models.base import Backbone, BackboneSpec
+from okd.models.base import Backbone, BackboneSpec, map_state_keys
 from okd.models.cohort import SHARE_MODES, Cohort, CohortOutput, average_gradient
 from okd.models.complexity import count_macs, count_params
 from okd.models.registry import (
+    BackboneOptions,
+    backbone_options,
     create_backbone,
+    create_plain_network,
     default_num_classes,
+    is_external,
     list_backbones,
     register_backbone,
     resolve_backbone_name,
@@ -14,16 +18,21 @@ from okd.models.registry import (
 
 __all__ = [
     "Backbone",
+    "BackboneOptions",
     "BackboneSpec",
     "Cohort",
     "CohortOutput",
     "SHARE_MODES",
     "average_gradient",
+    "backbone_options",
     "count_macs",
     "count_params",
     "create_backbone",
+    "create_plain_network",
     "default_num_classes",
+    "is_external",
     "list_backbones",
+    "map_state_keys",
     "register_backbone",
     "resolve_backbone_name",
 ]

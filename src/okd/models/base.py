@@ -5,6 +5,10 @@ backbone exposes the same flat, named stage list (the last one is always the cla
 the one before it returns the pooled penultimate feature), one generic cohort builder can split
 any backbone at any declared branch point, and one peer taken out of a cohort has exactly the
 parameter names of the plain backbone.
+
+Stage names must be attribute names (no dots), so a backbone wrapped around another library's
+model (``okd.models.external``) keeps that library's modules under a stage prefix and declares a
+``key_map`` from its own keys to the library's: a peer's weights then load into the library's model.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Backbone(nn.Module):
         spec: BackboneSpec,
         feature_dim: int,
         num_classes: int,
+        key_map: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         names = [name for name, _ in stages]
@@ -53,6 +58,8 @@ class Backbone(nn.Module):
         self.spec = spec
         self.feature_dim = feature_dim
         self.num_classes = num_classes
+        # okd key prefix -> the key prefix of the network a peer's state dict is meant for (identity if empty)
+        self.key_map: dict[str, str] = dict(key_map or {})
 
     def stage(self, name: str) -> nn.Module:
         return getattr(self, name)
@@ -64,6 +71,18 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.forward_features(x))
+
+
+def map_state_keys(state: dict[str, torch.Tensor], key_map: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Rename every key by its longest matching prefix in ``key_map``; keys without a match stay as they are."""
+    if not key_map:
+        return dict(state)
+    prefixes = sorted(key_map, key=len, reverse=True)
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        renamed[key if prefix is None else key_map[prefix] + key[len(prefix):]] = value
+    return renamed
 
 
 def global_pool() -> nn.Sequential:

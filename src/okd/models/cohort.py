@@ -9,7 +9,8 @@ Share modes (reference-spec §4.1):
 
 Every peer is built from a fresh backbone, so peers start from independent initialisations as
 in the reference; a peer's stages keep the backbone's names, so ``peer_state_dict(i)`` loads with
-``strict=True`` into ``create_backbone(name)``.
+``strict=True`` into ``create_backbone(name)`` (for a timm/torchvision backbone: into the library's own
+model, through the backbone's ``key_map``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from okd.models.base import Backbone
+from okd.models.base import Backbone, map_state_keys
 
 SHARE_MODES = ("none", "early", "late", "tree")
 
@@ -84,6 +85,7 @@ class Cohort(nn.Module):
         self.feature_dim = first.feature_dim
         self.num_classes = first.num_classes
         self.spec = first.spec
+        self.key_maps = [peer.key_map for peer in peers]
         n_stages = len(names)
         fork = {
             "none": 0,
@@ -138,7 +140,10 @@ class Cohort(nn.Module):
         return inputs
 
     def peer_state_dict(self, peer: int) -> dict[str, torch.Tensor]:
-        """State dict of trunk + peer's path, named as the plain backbone's (``strict=True`` loadable)."""
+        """State dict of trunk + peer's path, named as the plain network's (``strict=True`` loadable).
+
+        The plain network is the okd backbone, or the library's model for timm/torchvision backbones.
+        """
         parts = [self.trunk]
         if self.share == "tree":
             parts.append(self.subtrunks[self.group_of(peer)])
@@ -147,4 +152,4 @@ class Cohort(nn.Module):
         for part in parts:
             for key, value in part.state_dict().items():
                 state[key] = value
-        return state
+        return map_state_keys(state, self.key_maps[peer])

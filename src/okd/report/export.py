@@ -1,8 +1,9 @@
 """Deployable models from an okd checkpoint: one peer as the plain backbone, or the method's ensemble.
 
 A checkpoint holds the whole method (cohort, method heads, memory banks, optimiser). A user ships
-one peer: trunk + its branch is exactly the plain backbone (same names, loads strict into
-``create_backbone``), so the exported file needs no okd-specific module to run. The ensemble
+one peer: trunk + its branch is exactly the plain network (same names, loads strict into
+``create_plain_network``: okd's backbone, or for ``timm:`` / ``tv:`` archs the library's own model),
+so the exported file needs no okd-specific module to run. The ensemble
 needs the whole cohort and the method's own ensemble rule (ONE: its gate), so it is exported
 as a traced graph (TorchScript or ONNX) only.
 
@@ -28,7 +29,7 @@ from okd.errors import OKDUserError
 
 FORMATS = ("state_dict", "torchscript", "onnx")
 STATE_DICT_FORMAT = "okd-backbone-v1"
-_CLASSIFIER_KEY = "cohort.branches.0.fc.weight"
+_CLASSIFIER_STAGE = "cohort.branches.0.fc."  # okd's own nets: fc.weight; library nets: fc.<library path>.weight
 
 
 @dataclass
@@ -59,18 +60,22 @@ def load_method(path: str | Path) -> Loaded:
     """The trained method of a checkpoint, on the CPU in eval mode, without touching the dataset."""
     from okd.engine.checkpoint import load_checkpoint
     from okd.engine.config import METHOD_OPTIONS, config_from_mapping
+    from okd.engine.trainer import backbone_options_of
     from okd.methods import build_method
+    from okd.models import backbone_options
 
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
     weights: dict[str, torch.Tensor] = state["model"]
-    if _CLASSIFIER_KEY not in weights:
-        raise OKDUserError(f"{path}: no classifier weight {_CLASSIFIER_KEY!r} in the checkpoint's model")
-    num_classes = int(weights[_CLASSIFIER_KEY].shape[0])
+    classifier = [k for k in weights if k.startswith(_CLASSIFIER_STAGE) and k.endswith("weight") and weights[k].dim() == 2]
+    if len(classifier) != 1:
+        raise OKDUserError(f"{path}: no classifier weight under {_CLASSIFIER_STAGE!r} in the checkpoint's model")
+    num_classes = int(weights[classifier[0]].shape[0])
     options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     torch.manual_seed(0)  # the weights are overwritten; keep construction deterministic anyway
-    method = build_method(cfg.method, cfg.arch, num_classes, int(cfg.num_peers or 1), cfg.share,
-                          dataset=_stand_in_dataset(num_classes, cfg.nce_k), **options)
+    with backbone_options(backbone_options_of(cfg, pretrained=False)):  # same branch points; weights from the file
+        method = build_method(cfg.method, cfg.arch, num_classes, int(cfg.num_peers or 1), cfg.share,
+                              dataset=_stand_in_dataset(num_classes, cfg.nce_k), **options)
     _load_weights(method, weights, path)
     method.eval()
     return Loaded(method, cfg, int(state.get("epoch", 0)), num_classes, Path(path))
@@ -107,11 +112,16 @@ def peer_index(method: Any, peer: str) -> int | None:
 
 
 def peer_network(method: Any, index: int, num_classes: int) -> nn.Module:
-    """Trunk + branch ``index`` as the plain backbone, in eval mode."""
-    from okd.models import create_backbone
+    """Trunk + branch ``index`` as the plain network (for timm/tv archs the library's model), in eval mode."""
+    from okd.models import create_plain_network
 
-    net = create_backbone(method.backbone_name, num_classes)
-    net.load_state_dict(method.cohort.peer_state_dict(index), strict=True)
+    net = create_plain_network(method.backbone_name, num_classes)
+    try:
+        net.load_state_dict(method.cohort.peer_state_dict(index), strict=True)
+    except RuntimeError as exc:
+        from okd.engine.checkpoint import state_dict_mismatch
+
+        raise OKDUserError(f"peer {index} does not load into {method.backbone_name}: {state_dict_mismatch(exc)}") from None
     return net.eval()
 
 
@@ -284,7 +294,8 @@ def _difference(produced: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def load_exported_backbone(path: str | Path) -> nn.Module:
-    """The plain backbone saved by ``--format state_dict`` (eval mode), opened with weights_only=True."""
+    """The plain network saved by ``--format state_dict`` (eval mode), opened with weights_only=True:
+    okd's backbone, or for ``timm:`` / ``tv:`` archs the library's own model."""
     from okd.report.export_formats import load_state_dict_file
 
     return load_state_dict_file(path)[0]

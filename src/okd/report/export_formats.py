@@ -29,7 +29,7 @@ def save_state_dict(net: nn.Module, _example: torch.Tensor, meta: dict[str, Any]
 
 
 def load_state_dict_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    from okd.models import create_backbone
+    from okd.models import create_plain_network
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -38,8 +38,11 @@ def load_state_dict_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     meta = blob.get("meta", {}) if isinstance(blob, dict) else {}
     if meta.get("format") != "okd-backbone-v1":
         raise OKDUserError(f"{path} is not a backbone exported by `okd export --format state_dict`")
-    net = create_backbone(meta["arch"], meta["num_classes"])
-    net.load_state_dict(blob["state_dict"], strict=True)
+    net = create_plain_network(meta["arch"], meta["num_classes"])  # timm:/tv: archs: the library's own model
+    try:
+        net.load_state_dict(blob["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise OKDUserError(f"{path} does not load into {meta['arch']}: {str(exc).splitlines()[0][:200]}") from None
     return net.eval(), meta
 
 
