@@ -57,6 +57,7 @@ class TrainConfig:
     feat_dim: int | None = None
     fixed_z: bool | None = None
     rampup_epochs: int | None = None
+    kdcl_rule: str | None = None  # KDCL's soft target: minlogit | naive | linear | mean
     # execution
     seed: int = 0
     device: str = "auto"
@@ -75,7 +76,7 @@ class TrainConfig:
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tensorboard", "log_interval", "download", "data"}
 
-METHOD_OPTIONS = ("kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs")
+METHOD_OPTIONS = ("kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs", "kdcl_rule")
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}
 _KEY_ALIASES = {
