@@ -220,6 +220,14 @@ def test_p3_extra_heads_are_scored_logged_and_deployed(shadow_method, tmp_path: 
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "(deployed: shadow0)" in printed and "shadow1" in printed
+    assert main(["report", str(out)]) == 0  # no paper column for this method: listed with every head
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("| test_shadow"))
+    assert f"{test['deployed']['top1']:.2f} (shadow0)" in line
+    assert f"shadow0 {test['shadow0']['top1']:.2f}, shadow1 {test['shadow1']['top1']:.2f}" in line
+    assert main(["report", str(out), "--format", "json"]) == 0
+    other = json.loads(capsys.readouterr().out)["other_runs"]
+    assert [r["deployed_head"] for r in other] == ["shadow0"]
+    assert list(other[0]["top1"]) == ["deployed", "peer_mean", "ensemble", "shadow0", "shadow1"]
 
 
 def test_p4_export_writes_the_methods_deployable_peer(shadow_method, tmp_path: Path) -> None:
