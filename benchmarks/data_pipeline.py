@@ -53,7 +53,7 @@ def bench_okd(images: torch.Tensor, labels: torch.Tensor, device: torch.device, 
     start = time.perf_counter()
     count = 0
     for _ in range(steps):
-        count += next(batches).images.shape[0]
+        count += next(batches).targets.shape[0]
     sync(device)
     seconds = time.perf_counter() - start
     return {"pipeline": "okd batched on-device", "images": count, "seconds": seconds, "images_per_s": count / seconds}

@@ -160,7 +160,7 @@ def build_case(
     dev = resolve_device(cfg.device)
     spec, train_loader, eval_loader, model = build_for_config(cfg, dev, okd_dist.DistInfo())
     optimizer = make_optimizer(
-        model.parameters(), dev, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.wd, impl=cfg.sgd_impl
+        model.trainable_parameters(), dev, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.wd, impl=cfg.sgd_impl
     )
     forward = torch.compile(model) if cfg.compile else model
     return {"cfg": cfg, "device": dev, "spec": spec, "train_loader": train_loader, "eval_loader": eval_loader,
@@ -219,8 +219,8 @@ def time_training(case: dict[str, Any], steps: int, warmup: int, profile: int = 
         first_bad = torch.where((first_bad < 0) & ~result.finite, torch.tensor(step, device=dev), first_bad)
         if case.get("item_per_step"):
             [value.item() for value in result.losses.values()]  # the original's per-step loss meters
-        sums.add(result.losses, result.total, batch.images.shape[0])
-        return batch.images.shape[0]
+        sums.add(result.losses, result.total, batch.targets.shape[0])
+        return batch.targets.shape[0]
 
     for _ in range(warmup):
         one_step()
@@ -281,7 +281,7 @@ def time_data(case: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
     times, images = [], 0
     for _ in range(steps):
         start = time.perf_counter()
-        images += next(stream)[2].images.shape[0]
+        images += next(stream)[2].targets.shape[0]
         _sync(dev)
         times.append(time.perf_counter() - start)
     peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _status_kib("VmHWM") / 1024

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | mcl (default: baseline)")
+    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
                       "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default resnet32")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1)")
@@ -79,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     meth = p.add_argument_group("method options (defaults: the method's)")
     meth.add_argument("--kd-t", "--kd_T", "--kd-T", dest="kd_t", type=float,
                       help="distillation temperature (MCL: of its soft terms and logit distillation, 3)")
-    meth.add_argument("-a", "--alpha", type=float, help="MCL-OKD: DOT weight (0 = the '+MCL' ablation)")
+    meth.add_argument("-a", "--alpha", type=float, help="MCL-OKD: DOT weight (0 = the '+MCL' ablation); KDCL: distillation weight (0.5)")
     meth.add_argument("-b", "--beta", type=float, help="MCL-OKD: contrastive weight (0.025)")
     meth.add_argument("--gamma", type=float, help="MCL-OKD: cross-entropy weight (1)")
     meth.add_argument("--nce-k", "--nce_k", dest="nce_k", type=int, help="MCL-OKD: negatives per sample")
@@ -96,6 +96,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _bool_pair(meth, "mcl-logit-distill", "MCL: also distil from the detached mean logits (2 peers: both; more: the last only)")
     _bool_pair(meth, "mcl-icl-same-instance", "MCL: the inter-network loss counts the same image as a positive (the ImageNet "
                "code's choice; default off, as the CIFAR code)")
+    meth.add_argument("--kdcl-rule", help="KDCL: soft target from the peers, minlogit (default) | naive | linear | mean")
 
     run = p.add_argument_group("execution")
     run.add_argument("--seed", "--manual_seed", "--manual-seed", dest="seed", type=int)

@@ -73,6 +73,7 @@ class TrainConfig:
     mcl_soft_icl: float | None = None
     mcl_logit_distill: bool | None = None
     mcl_icl_same_instance: bool | None = None
+    kdcl_rule: str | None = None  # KDCL's soft target: minlogit | naive | linear | mean
     # execution
     seed: int = 0
     device: str = "auto"
@@ -94,6 +95,7 @@ RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tens
 METHOD_OPTIONS = (
     "kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs",
     "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl", "mcl_logit_distill", "mcl_icl_same_instance",
+    "kdcl_rule",
 )
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}
