@@ -121,7 +121,8 @@ def build_for_config(
     with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg)):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
-    train_loader.set_views(method.train_views)
+    if train_loader is not None:  # None when an evaluation skips the training images
+        train_loader.set_views(method.train_views)
     method.to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
