@@ -30,9 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd (default: baseline)")
+    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | pcl (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32); default resnet32")
-    what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1)")
+    what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1, pcl 3)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's)")
 
     data = p.add_argument_group("data")
@@ -66,7 +66,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     meth.add_argument("--nce-m", "--nce_m", dest="nce_m", type=float, help="MCL-OKD: memory momentum")
     meth.add_argument("--feat-dim", "--feat_dim", dest="feat_dim", type=int, help="MCL-OKD: embedding size")
     _bool_pair(meth, "fixed-z", "MCL-OKD: fix the NCE normaliser at the first step (CRD) instead of per batch")
-    meth.add_argument("--rampup-epochs", type=int, help="OKDDip: length of the consistency ramp-up (80)")
+    meth.add_argument("--rampup-epochs", type=int, help="OKDDip, PCL: length of the consistency ramp-up (80)")
+    meth.add_argument("--pcl-rampup", help="PCL: intended (default) | reimpl (the public re-implementation's ramp-up bug, "
+                      "KD off for epochs 2-80; only to reproduce its numbers)")
+    meth.add_argument("--ema-decay", type=float, help="PCL: decay bound of the EMA peers, in [0, 1) (0.999)")
 
     run = p.add_argument_group("execution")
     run.add_argument("--seed", "--manual_seed", "--manual-seed", dest="seed", type=int)

@@ -24,7 +24,7 @@ class TrainConfig:
     # what to train
     method: str = "baseline"
     arch: str = "resnet32"
-    num_peers: int | None = None  # recipe: 1 for baseline, 4 for every OKD method
+    num_peers: int | None = None  # recipe: 1 for baseline, 3 for pcl, 4 for every other OKD method
     share: str | None = None  # none | early | late | tree; default: the method's own
     # data
     dataset: str = "digits"
@@ -57,6 +57,8 @@ class TrainConfig:
     feat_dim: int | None = None
     fixed_z: bool | None = None
     rampup_epochs: int | None = None
+    pcl_rampup: str | None = None  # PCL: intended | reimpl (the re-implementation's ramp-up bug)
+    ema_decay: float | None = None  # PCL: EMA decay bound of the peer mean teachers, in [0, 1)
     # execution
     seed: int = 0
     device: str = "auto"
@@ -75,7 +77,7 @@ class TrainConfig:
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tensorboard", "log_interval", "download", "data"}
 
-METHOD_OPTIONS = ("kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs")
+METHOD_OPTIONS = ("kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs", "pcl_rampup", "ema_decay")
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}
 _KEY_ALIASES = {
