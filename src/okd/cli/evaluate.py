@@ -1,4 +1,4 @@
-"""``okd eval``: the errors of every peer, the peer mean, the deployed peer and the ensemble of a checkpoint."""
+"""``okd eval``: the errors of every peer, the peer mean, the deployed head, the ensemble and the method's extra heads."""
 
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
         ) from None
     errors = evaluate(method, method, eval_loader, dev, limit=limit_batches)
     return {"checkpoint": str(path), "method": cfg.method, "arch": cfg.arch, "dataset": cfg.dataset,
-            "epoch": state["epoch"], "deployed_peer": method.deployed_peer, "errors": errors}
+            "epoch": state["epoch"], "deployed_peer": method.deployed_peer, "deployed_head": method.deployed_head,
+            "errors": errors}
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -58,7 +59,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{result['method']} {result['arch']} on {result['dataset']} after {result['epoch']} epochs "
-          f"(deployed peer: {result['deployed_peer']})")
+          f"(deployed: {result['deployed_head']})")
     rows = [[head, f"{e['top1']:.2f}", f"{e['top5']:.2f}"] for head, e in result["errors"].items()]
     print(format_table(["head", "top-1 error %", "top-5 error %"], rows))
     return 0

@@ -11,7 +11,9 @@ from okd.errors import OKDUserError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="the paper's tables from run folders",
                        description="Collect finished runs (summary.json) and print the paper's tables: top-1 error of the "
-                       "deployed peer and, in parentheses, of the method's ensemble. Unfinished runs are skipped.")
+                       "deployed peer and, in parentheses, of the method's ensemble. Runs no table shows (e.g. newer methods) follow "
+                       "in a list with every head, the method's own ones (EMA peers, fusion heads) under their names. "
+                       "Unfinished runs are skipped.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders searched recursively for summary.json")
     p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     p.add_argument("--dataset", help="only this dataset's runs (default: one set of tables per dataset found)")
@@ -55,15 +57,16 @@ def run(args: argparse.Namespace) -> int:
             table.rows = [row for row in table.rows if row.arch in wanted]
     for warning in consistency_warnings(tables):
         print(f"okd report: note: {warning}", file=sys.stderr)
-    for extra in [] if args.table else unused_runs(tables, runs):
+    others = [] if args.table else unused_runs(tables, runs)
+    for extra in others:
         print(f"okd report: note: {extra.path} ({extra.method} {extra.arch} on {extra.dataset}) is in none of the tables",
               file=sys.stderr)
     if args.format == "csv":
         sys.stdout.write(to_csv(tables))
     elif args.format == "json":
-        print(to_json(tables, collection.skipped))
+        print(to_json(tables, collection.skipped, others, args.epoch))
     else:
-        print(to_markdown(tables), end="")
+        print(to_markdown(tables, others, args.epoch), end="")
     if args.plot:
         from okd.report.plots import plot_tables
 

@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | pcl (default: baseline)")
+    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32); default resnet32")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1, pcl 3)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's)")
@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     meth = p.add_argument_group("method options (defaults: the method's)")
     meth.add_argument("--kd-t", "--kd_T", "--kd-T", dest="kd_t", type=float, help="distillation temperature")
-    meth.add_argument("-a", "--alpha", type=float, help="MCL-OKD: DOT weight (0 = the '+MCL' ablation)")
+    meth.add_argument("-a", "--alpha", type=float, help="MCL-OKD: DOT weight (0 = the '+MCL' ablation); KDCL: distillation weight (0.5)")
     meth.add_argument("-b", "--beta", type=float, help="MCL-OKD: contrastive weight (0.025)")
     meth.add_argument("--gamma", type=float, help="MCL-OKD: cross-entropy weight (1)")
     meth.add_argument("--nce-k", "--nce_k", dest="nce_k", type=int, help="MCL-OKD: negatives per sample")
@@ -70,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     meth.add_argument("--pcl-rampup", help="PCL: intended (default) | reimpl (the public re-implementation's ramp-up bug, "
                       "KD off for epochs 2-80; only to reproduce its numbers)")
     meth.add_argument("--ema-decay", type=float, help="PCL: decay bound of the EMA peers, in [0, 1) (0.999)")
+    meth.add_argument("--kdcl-rule", help="KDCL: soft target from the peers, minlogit (default) | naive | linear | mean")
 
     run = p.add_argument_group("execution")
     run.add_argument("--seed", "--manual_seed", "--manual-seed", dest="seed", type=int)

@@ -25,6 +25,7 @@ from torchvision.transforms import functional as TF
 from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from okd.data.batch import Batch
 from okd.data.config import DataConfig, DataSpec
+from okd.data.loaders import check_views
 from okd.data.sampling import EpochPlan, cpu_generator, even_split
 from okd.errors import OKDUserError
 
@@ -94,10 +95,14 @@ def _batches(loader: DataLoader) -> Iterator[Any]:
 
 
 class TrainFolder(Dataset):
-    """Items are addressed by (index, epoch): RandomResizedCrop(224) + flip seeded per sample."""
+    """Items are addressed by (index, epoch): RandomResizedCrop(224) + flip seeded per sample.
 
-    def __init__(self, folder: ImageFolder, seed: int) -> None:
-        self.folder, self.seed = folder, seed
+    With ``views`` > 1 an item is [views, C, H, W]: the train transform applied ``views`` times
+    with independent seeds; view 0 is the one-view item.
+    """
+
+    def __init__(self, folder: ImageFolder, seed: int, views: int = 1) -> None:
+        self.folder, self.seed, self.views = folder, seed, views
 
     def __len__(self) -> int:
         return len(self.folder.samples)
@@ -106,12 +111,17 @@ class TrainFolder(Dataset):
         index, epoch = key
         path, label = self.folder.samples[index]
         image = load_image(self.folder, path)
-        generator = cpu_generator("okd.imagenet", self.seed, epoch, index)
+        drawn = [self.transform(image, epoch, index, view) for view in range(self.views)]
+        return (drawn[0] if self.views == 1 else torch.stack(drawn)), label, index
+
+    def transform(self, image: Image.Image, epoch: int, index: int, view: int) -> torch.Tensor:
+        parts = (self.seed, epoch, index) if view == 0 else (self.seed, epoch, index, "view", view)
+        generator = cpu_generator("okd.imagenet", *parts)
         top, left, h, w = resized_crop_params(*image.size, generator)
         image = TF.resized_crop(image, top, left, h, w, [INPUT_SIZE, INPUT_SIZE], InterpolationMode.BILINEAR, antialias=True)
         if float(torch.rand(1, generator=generator)) < 0.5:
             image = TF.hflip(image)
-        return TF.pil_to_tensor(image), label, index
+        return TF.pil_to_tensor(image)
 
 
 class EvalFolder(Dataset):
@@ -159,6 +169,10 @@ def _loader_options(cfg: DataConfig, device: torch.device) -> dict[str, Any]:
 
 def _to_batch(item: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device, normalizer: Normalizer, channels_last: bool) -> Batch:
     images, targets, indices = (t.to(device, non_blocking=True) for t in item)
+    if images.dim() == 5:  # [B, V, C, H, W] items of a multi-view dataset -> view-major [V, B, C, H, W]
+        size, views = images.shape[:2]
+        flat = normalizer(images.transpose(0, 1).flatten(0, 1), channels_last)
+        return Batch(flat.unflatten(0, (views, size)), targets.to(torch.int64), indices.to(torch.int64))
     return Batch(normalizer(images, channels_last), targets.to(torch.int64), indices.to(torch.int64))
 
 
@@ -169,10 +183,15 @@ class FolderTrainLoader:
         self.plan, self.device, self.channels_last = plan, device, cfg.channels_last
         self.normalizer = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
         self.sampler = PlanBatchSampler(plan)
+        self.dataset = dataset
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, **_loader_options(cfg, device))
 
     def __len__(self) -> int:
         return self.plan.steps
+
+    def set_views(self, views: int) -> None:
+        """Before the first epoch: persistent workers keep the copy of the dataset they started with."""
+        self.dataset.views = check_views(views)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """This rank's batches ``start_step..`` of ``epoch``; skipped batches are never decoded."""

@@ -19,11 +19,18 @@ from okd.data.sampling import EpochPlan, cpu_generator, even_split
 
 @runtime_checkable
 class TrainLoader(Protocol):
-    """``len`` = global steps per epoch; ``epoch(e, k)`` yields this rank's batches k.. of epoch e."""
+    """``len`` = global steps per epoch; ``epoch(e, k)`` yields this rank's batches k.. of epoch e.
+
+    ``set_views(V)`` (before the first epoch): with V > 1 every batch's ``images`` is
+    [V, B, C, H, W], V independent augmentations of the same samples, view 0 being the one-view
+    batch (methods that give each peer its own view, protocol P1).
+    """
 
     def __len__(self) -> int: ...
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]: ...
+
+    def set_views(self, views: int) -> None: ...
 
 
 @runtime_checkable
@@ -35,13 +42,17 @@ class EvalLoader(Protocol):
     def __iter__(self) -> Iterator[Batch]: ...
 
 
-def draw_crop_flip(seed: int, epoch: int, step: int, size: int, pad: int, flip: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def draw_crop_flip(
+    seed: int, epoch: int, step: int, size: int, pad: int, flip: bool, view: int = 0
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Crop offsets [size, 2] and flip bits [size] for a whole global batch (CPU, seeded per step).
 
     Drawn for the global batch and sliced per rank afterwards, so every world size sees the same
-    augmentation; drawn on CPU so every device type sees the same numbers.
+    augmentation; drawn on CPU so every device type sees the same numbers. View 0 keeps the
+    stream a one-view run has always used; views 1.. get streams of their own.
     """
-    generator = cpu_generator("okd.augment", seed, epoch, step)
+    parts = (seed, epoch, step) if view == 0 else (seed, epoch, step, "view", view)
+    generator = cpu_generator("okd.augment", *parts)
     offsets = torch.randint(0, 2 * pad + 1, (size, 2), generator=generator) if pad > 0 else None
     flips = torch.randint(0, 2, (size,), generator=generator) if flip else None
     return offsets, flips
@@ -52,6 +63,12 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def check_views(views: int) -> int:
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise ValueError(f"views must be a positive int, got {views!r}")
+    return views
 
 
 class TensorTrainLoader:
@@ -73,9 +90,13 @@ class TensorTrainLoader:
         self.normalizer = normalizer
         self.pad, self.flip, self.channels_last = pad, flip, channels_last
         self.device = images.device
+        self.views = 1
 
     def __len__(self) -> int:
         return self.plan.steps
+
+    def set_views(self, views: int) -> None:
+        self.views = check_views(views)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """This rank's batches ``start_step..`` of ``epoch``; skipped steps cost nothing."""
@@ -86,23 +107,29 @@ class TensorTrainLoader:
         order = self.plan.permutation(epoch)
         for step in range(start_step, self.plan.steps):
             start, stop = self.plan.bounds(step)
-            offsets, flips = draw_crop_flip(self.plan.seed, epoch, step, stop - start, self.pad, self.flip)
             lo, hi = self.plan.rank_bounds(stop - start)
+            draws = [draw_crop_flip(self.plan.seed, epoch, step, stop - start, self.pad, self.flip, view)
+                     for view in range(self.views)]
             # one small host-to-device copy per step: indices and this rank's augmentation draws
-            columns = [order[start + lo : start + hi, None]]
-            if offsets is not None:
-                columns.append(offsets[lo:hi])
-            if flips is not None:
-                columns.append(flips[lo:hi, None])
+            columns = [order[start + lo : start + hi, None].repeat(self.views, 1)]
+            if self.pad > 0:
+                columns.append(torch.cat([offsets[lo:hi] for offsets, _ in draws]))
+            if self.flip:
+                columns.append(torch.cat([flips[lo:hi, None] for _, flips in draws]))
             packed = to_device(torch.cat(columns, dim=1), self.device)
             indices = packed[:, 0].contiguous()  # contiguous: DDP collectives need it
             column = 1
             dev_offsets = dev_flips = None
-            if offsets is not None:
+            if self.pad > 0:
                 dev_offsets, column = packed[:, 1:3], 3
-            if flips is not None:
+            if self.flip:
                 dev_flips = packed[:, column]
+            # all views in one gather: [V*B] rows, view-major, so rows [:B] are the one-view batch
             images = augment_batch(self.images, indices, self.normalizer, self.pad, dev_offsets, dev_flips, self.channels_last)
+            size = hi - lo
+            if self.views > 1:
+                images = images.unflatten(0, (self.views, size))
+            indices = indices[:size]
             yield Batch(images, self.targets.index_select(0, indices), indices)
 
 

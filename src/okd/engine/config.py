@@ -57,6 +57,7 @@ class TrainConfig:
     feat_dim: int | None = None
     fixed_z: bool | None = None
     rampup_epochs: int | None = None
+    kdcl_rule: str | None = None  # KDCL's soft target: minlogit | naive | linear | mean
     pcl_rampup: str | None = None  # PCL: intended | reimpl (the re-implementation's ramp-up bug)
     ema_decay: float | None = None  # PCL: EMA decay bound of the peer mean teachers, in [0, 1)
     # execution
@@ -77,7 +78,7 @@ class TrainConfig:
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tensorboard", "log_interval", "download", "data"}
 
-METHOD_OPTIONS = ("kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs", "pcl_rampup", "ema_decay")
+METHOD_OPTIONS = ("kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs", "kdcl_rule", "pcl_rampup", "ema_decay")
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}
 _KEY_ALIASES = {

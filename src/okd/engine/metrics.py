@@ -46,10 +46,23 @@ class ErrorMeter:
         }
 
 
-def summarise_errors(per_head: dict[str, dict[str, float]], num_peers: int, deployed: int) -> dict[str, dict[str, float]]:
-    """Add the peer mean and the deployed peer to per-peer and ensemble errors (design.md §3)."""
+STANDARD_HEADS = ("ensemble", "peer_mean", "deployed")
+
+
+def extra_heads(per_head: dict[str, dict[str, float]], num_peers: int) -> list[str]:
+    """A method's own evaluated heads (``eval_heads``: EMA peers, fusion heads), in their order."""
+    plain = {f"peer{i}" for i in range(num_peers)} | set(STANDARD_HEADS)
+    return [head for head in per_head if head not in plain]
+
+
+def summarise_errors(per_head: dict[str, dict[str, float]], num_peers: int, deployed: str) -> dict[str, dict[str, float]]:
+    """Add the peer mean and the deployed head to the per-head errors (design.md §3).
+
+    ``peer_mean`` is over the student peers peer0..N-1 only; ``deployed`` copies the head the
+    method ships (``OKDMethod.deployed_head``: a peer, or one of its extra heads).
+    """
     peers = [per_head[f"peer{i}"] for i in range(num_peers)]
     out = dict(per_head)
     out["peer_mean"] = {key: sum(p[key] for p in peers) / num_peers for key in peers[0]}
-    out["deployed"] = dict(per_head[f"peer{deployed}"])
+    out["deployed"] = dict(per_head[deployed])
     return out

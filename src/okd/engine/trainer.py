@@ -23,7 +23,7 @@ from okd.data import DataConfig, DataSpec, build_data
 from okd.engine import distributed as okd_dist
 from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
-from okd.engine.metrics import ErrorMeter, summarise_errors
+from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
 from okd.engine.progress import progress
 from okd.engine.rundir import RunDir
 from okd.engine.schedule import learning_rate
@@ -96,6 +96,7 @@ def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
+    train_loader.set_views(method.train_views)
     method.to(device)
     if channels_last:
         method.to(memory_format=torch.channels_last)
@@ -115,22 +116,36 @@ def memory_usage(device: torch.device) -> dict[str, float]:
     return usage
 
 
+def named_logits(method: OKDMethod, output: Any) -> dict[str, torch.Tensor]:
+    """Every evaluated head's logits: peer0..N-1, the method's ensemble, then its ``eval_heads``."""
+    named = {f"peer{i}": z for i, z in enumerate(output.logits)}
+    named["ensemble"] = method.ensemble_logits(output)
+    for name, logits in method.eval_heads(output).items():
+        if name in named or name in STANDARD_HEADS:
+            raise ValueError(f"{type(method).__name__}.eval_heads returned {name!r}, a name the engine already uses")
+        named[name] = logits
+    return named
+
+
 @torch.no_grad()
 def evaluate(method: OKDMethod, forward: nn.Module, loader, device: torch.device, amp: bool = False, limit: int | None = None) -> dict[str, dict[str, float]]:
-    """Top-1/top-5 error of every peer, the peer mean, the deployed peer and the ensemble."""
+    """Top-1/top-5 error of every peer, the peer mean, the deployed head, the ensemble and the method's extra heads."""
     was_training = forward.training
     forward.eval()
-    heads = [f"peer{i}" for i in range(method.num_peers)] + ["ensemble"]
-    meter = ErrorMeter(heads, device)
+    meter: ErrorMeter | None = None
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             break
         with autocast(device, amp):
             output = forward(batch.images)
-        logits = [z.float() for z in output.logits] + [method.ensemble_logits(output).float()]
-        meter.update(logits, batch.targets)
+        named = named_logits(method, output)
+        if meter is None:  # the head names are known once the method has produced an output
+            meter = ErrorMeter(list(named), device)
+        meter.update([z.float() for z in named.values()], batch.targets)
     forward.train(was_training)
-    return summarise_errors(meter.errors(), method.num_peers, method.deployed_peer)
+    if meter is None:  # an empty shard: the standard heads only (nothing was scored)
+        meter = ErrorMeter([f"peer{i}" for i in range(method.num_peers)] + ["ensemble"], device)
+    return summarise_errors(meter.errors(), method.num_peers, method.deployed_head)
 
 
 @dataclass
@@ -269,7 +284,7 @@ class Trainer:
         self.ddp_model = model
         self.forward = torch.compile(model) if cfg.compile else model
         self.optimizer = make_optimizer(
-            self.method.parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            self.method.trainable_parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
             weight_decay=cfg.wd, impl=cfg.sgd_impl,
         )
         self.start_epoch, self.start_step = 0, 0
@@ -368,7 +383,7 @@ class Trainer:
             term_bad = torch.stack([~torch.isfinite(v.detach()).all() for v in losses.values()])
             bad_terms = term_bad & is_first if bad_terms is None else torch.where(is_first, term_bad, bad_terms)
             first_bad.masked_fill_(is_first, step)  # a Python scalar: no host-to-device copy per step
-            sums.add(losses, total, batch.images.shape[0])
+            sums.add(losses, total, batch.targets.shape[0])
             bar.update(1)
             if (step + 1) % cfg.log_interval == 0 or step + 1 == self.steps_per_epoch:
                 self._check_finite(first_bad, bad_terms, losses, epoch)
@@ -422,7 +437,9 @@ class Trainer:
             self._log(
                 f"epoch {epoch + 1}/{self.cfg.epochs}  loss {train['total']:.4f}  "
                 f"test top-1 error: deployed {test['deployed']['top1']:.2f}  peer mean {test['peer_mean']['top1']:.2f}  "
-                f"ensemble {test['ensemble']['top1']:.2f}  ({record['train_images_per_s']:.0f} img/s)"
+                f"ensemble {test['ensemble']['top1']:.2f}"
+                + "".join(f"  {head} {test[head]['top1']:.2f}" for head in extra_heads(test, self.method.num_peers))
+                + f"  ({record['train_images_per_s']:.0f} img/s)"
             )
         self._save(self.run.last, epoch + 1, 0)
         if improved:
@@ -432,7 +449,7 @@ class Trainer:
 
     def _update_best(self, epoch: int, test: dict[str, dict[str, float]]) -> bool:
         improved = False
-        for head in ("deployed", "peer_mean", "ensemble"):
+        for head in ("deployed", "peer_mean", "ensemble", *extra_heads(test, self.method.num_peers)):
             value = test[head]["top1"]
             if head not in self.best or value < self.best[head]["top1"]:
                 self.best[head] = {"top1": value, "top5": test[head]["top5"], "epoch": epoch + 1}
@@ -457,6 +474,7 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "epochs_done": last["epoch"] if last else 0,
             "deployed_peer": self.method.deployed_peer,
+            "deployed_head": self.method.deployed_head,
             "params": {"deployed": deployed_params, "training": training_params},
             "macs_per_image": macs,
             "last": last["test"] if last else None,

@@ -1,7 +1,8 @@
 """The small protocol between the engine and an online-distillation method.
 
 The engine only ever calls ``forward`` (through DDP when distributed), ``losses``,
-``ensemble_logits`` and ``after_step``; it never asks which method it runs. A method only sees its
+``ensemble_logits``, ``eval_heads`` and ``after_step``, and reads ``train_views``,
+``trainable_parameters``, ``deployed_head`` and the export hooks; it never asks which method it runs. A method only sees its
 backbone through the generic :class:`~okd.models.Cohort` (stages, pooled features, logits), so
 every method runs on every backbone.
 """
@@ -9,6 +10,7 @@ every method runs on every backbone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
@@ -54,6 +56,33 @@ class OKDMethod(nn.Module):
         """The peer a user ships. Symmetric methods: peer 0; MCL-OKD and OKDDip override it (last)."""
         return 0
 
+    @property
+    def deployed_head(self) -> str:
+        """The evaluated head reported as "deployed": a peer, or one of ``eval_heads`` (PCL: its EMA peer)."""
+        return f"peer{self.deployed_peer}"
+
+    @property
+    def train_views(self) -> int:
+        """Augmented views per training sample; V > 1 gives ``forward`` [V, B, C, H, W] (one view per peer)."""
+        return 1
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """What the optimiser updates: frozen parts (EMA shadows) set requires_grad=False and stay in the state dict."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    @property
+    def deployable_peers(self) -> int:
+        """How many peers ``okd export`` can write as a plain backbone."""
+        return self.num_peers
+
+    def peer_state_dict(self, peer: int) -> dict[str, torch.Tensor]:
+        """Deployable peer ``peer`` as the plain backbone's state dict (loads strict into ``create_backbone``)."""
+        return self.cohort.peer_state_dict(peer)
+
+    def peer_logits(self, output: CohortOutput, peer: int) -> torch.Tensor:
+        """The logits the network of ``peer_state_dict(peer)`` gives; exports are checked against them."""
+        return output.logits[peer]
+
     def forward(self, images: torch.Tensor) -> CohortOutput:
         return self.cohort(images)
 
@@ -64,6 +93,10 @@ class OKDMethod(nn.Module):
     def ensemble_logits(self, output: CohortOutput) -> torch.Tensor:
         """The method's own "Ens": by default the mean of all peers' logits."""
         return torch.stack(output.logits).mean(0)
+
+    def eval_heads(self, output: CohortOutput) -> dict[str, torch.Tensor]:
+        """Extra named logits scored beside peer0..N-1 and "ensemble" (e.g. EMA peers, a fusion head)."""
+        return {}
 
     @torch.no_grad()
     def after_step(self, output: CohortOutput, batch: Batch) -> None:

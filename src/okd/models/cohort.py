@@ -115,6 +115,9 @@ class Cohort(nn.Module):
         return h, stages[-1](h)
 
     def forward(self, x: torch.Tensor) -> CohortOutput:
+        """``x`` [B, C, H, W]: every peer sees it; [N, B, C, H, W]: peer i sees view ``x[i]``."""
+        if x.dim() == 5:
+            return self._forward_views(x)
         trunk = self.forward_trunk(x)
         if self.share == "tree":
             inputs = self._tree_inputs(trunk)
@@ -126,6 +129,21 @@ class Cohort(nn.Module):
             features.append(feature)
             logits.append(logit)
         return CohortOutput(logits=logits, features=features, trunk=trunk)
+
+    def _forward_views(self, views: torch.Tensor) -> CohortOutput:
+        """The shared trunk runs once per view, as separate calls, so BatchNorm normalises each view by
+        its own batch statistics (as PCL's code does); one 3B-batch would mix them."""
+        if views.shape[0] != self.num_peers:
+            raise ValueError(f"{views.shape[0]} views for {self.num_peers} peers: multi-view input needs one view per peer")
+        if self.share == "tree":
+            raise ValueError("share='tree' feeds two peers from one sub-trunk, so it cannot give each peer its own view")
+        trunks = [self.forward_trunk(view) for view in views]
+        features, logits = [], []
+        for peer, h in enumerate(trunks):
+            feature, logit = self.forward_branch(peer, h)
+            features.append(feature)
+            logits.append(logit)
+        return CohortOutput(logits=logits, features=features, trunk=torch.stack(trunks))
 
     def _tree_inputs(self, trunk: torch.Tensor) -> list[torch.Tensor]:
         shared = average_gradient(trunk, self.num_groups)

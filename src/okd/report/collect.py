@@ -52,6 +52,20 @@ class RunRecord:
         alpha = self.config.get("alpha")
         return "mcl" if alpha is not None and float(alpha) == 0 else "mcl_dot"
 
+    @property
+    def deployed_head(self) -> str:
+        """Which head the run reports as "deployed" (a peer, or a method's own head such as an EMA peer)."""
+        return str(self.summary.get("deployed_head") or f"peer{self.summary.get('deployed_peer', 0)}")
+
+    def heads(self, epoch: str = "last") -> dict[str, float]:
+        """Top-1 error (%) of every summarised head but the single peers: deployed, peer_mean,
+        ensemble, then the method's own heads (``eval_heads``) under their names."""
+        source = self.summary.get(epoch) or {}
+        peers = {f"peer{i}" for i in range(int(self.summary.get("num_peers") or 0))}
+        order = ["deployed", "peer_mean", "ensemble"] + [h for h in source if h not in peers and h not in
+                                                          ("deployed", "peer_mean", "ensemble")]
+        return {h: float(source[h]["top1"]) for h in order if isinstance(source.get(h), dict) and "top1" in source[h]}
+
     def top1(self, head: str, epoch: str = "last") -> float | None:
         """Top-1 error (%) of ``head`` ("deployed", "ensemble", "peer_mean") at the last or best epoch."""
         source = self.summary.get(epoch) or {}

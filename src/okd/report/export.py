@@ -101,17 +101,17 @@ def peer_index(method: Any, peer: str) -> int | None:
         index = int(peer)
     except ValueError:
         raise OKDUserError(f"--peer must be deployed, ensemble or a peer index, got {peer!r}") from None
-    if not 0 <= index < method.num_peers:
-        raise OKDUserError(f"--peer {index}: the cohort has peers 0..{method.num_peers - 1}")
+    if not 0 <= index < method.deployable_peers:
+        raise OKDUserError(f"--peer {index}: the cohort has deployable peers 0..{method.deployable_peers - 1}")
     return index
 
 
 def peer_network(method: Any, index: int, num_classes: int) -> nn.Module:
-    """Trunk + branch ``index`` as the plain backbone, in eval mode."""
+    """Deployable peer ``index`` (``method.peer_state_dict``: trunk + branch, or e.g. an EMA copy) as the plain backbone, in eval mode."""
     from okd.models import create_backbone
 
     net = create_backbone(method.backbone_name, num_classes)
-    net.load_state_dict(method.cohort.peer_state_dict(index), strict=True)
+    net.load_state_dict(method.peer_state_dict(index), strict=True)
     return net.eval()
 
 
@@ -233,7 +233,7 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
             _prune_unused_buffers(ensemble, example)
             net: nn.Module = ensemble
         else:
-            reference = output.logits[index]
+            reference = loaded.method.peer_logits(output, index)
             net = peer_network(loaded.method, index, loaded.num_classes)
     meta = metadata(loaded, index)
     out = Path(out)

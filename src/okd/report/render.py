@@ -13,6 +13,7 @@ from typing import Any
 
 from okd.cli.tables import format_table
 from okd.report.paper import PAPER_DATASET, dataset_name
+from okd.report.collect import RunRecord
 from okd.report.tables import Cell, Column, Stat, Table
 
 MISSING = "—"
@@ -118,8 +119,30 @@ def markdown_table(table: Table) -> str:
     return f"### {table.title}\n\n{body}\n\n{foot}\n"
 
 
-def to_markdown(tables: list[Table]) -> str:
-    return "\n".join(markdown_table(t) for t in tables)
+def to_markdown(tables: list[Table], others: list[RunRecord] | None = None, epoch: str = "last") -> str:
+    text = "\n".join(markdown_table(t) for t in tables)
+    return text + (f"\n{other_runs_markdown(others, epoch)}" if others else "")
+
+
+def other_runs_records(runs: list[RunRecord], epoch: str = "last") -> list[dict[str, Any]]:
+    """Runs no paper table shows (new methods, other backbones), with every head under its own name."""
+    return [{"path": str(r.path), "method": r.method, "arch": r.arch, "dataset": r.dataset,
+             "num_peers": r.summary.get("num_peers"), "seed": r.seed, "deployed_head": r.deployed_head,
+             "top1": r.heads(epoch)} for r in runs]
+
+
+def other_runs_markdown(runs: list[RunRecord], epoch: str = "last") -> str:
+    rows = []
+    for record in other_runs_records(runs, epoch):
+        heads = dict(record["top1"])
+        main = [_num(heads.pop(name, None)) for name in ("deployed", "peer_mean", "ensemble")]
+        extra = ", ".join(f"{name} {value:.2f}" for name, value in heads.items()) or MISSING
+        rows.append([record["method"], record["arch"], record["dataset"], str(record["num_peers"]), str(record["seed"]),
+                     f"{main[0]} ({record['deployed_head']})", main[1], main[2], extra, record["path"]])
+    header = ["Method", "Backbone", "Dataset", "Peers", "Seed", "Deployed (head)", "Peer mean", "Ensemble",
+              "Method's own heads", "Run"]
+    return (f"### Runs in none of the tables above: top-1 error (%), {epoch} epoch\n\n"
+            f"{format_table(header, rows)}\n")
 
 
 CSV_FIELDS = ("table", "dataset", "epoch", "arch", "model", "params", "macs", "column", "method", "variant", "n", "seeds",
@@ -164,7 +187,8 @@ def to_csv(tables: list[Table]) -> str:
     return buffer.getvalue()
 
 
-def to_json(tables: list[Table], skipped: list[tuple[Any, str]] | None = None) -> str:
+def to_json(tables: list[Table], skipped: list[tuple[Any, str]] | None = None, others: list[RunRecord] | None = None,
+            epoch: str = "last") -> str:
     out = []
     for table in tables:
         rows = []
@@ -180,4 +204,5 @@ def to_json(tables: list[Table], skipped: list[tuple[Any, str]] | None = None) -
             "rows": rows, "notes": notes(table),
         })
     skipped_out = [{"path": str(path), "reason": why} for path, why in (skipped or [])]
-    return json.dumps({"tables": out, "skipped": skipped_out}, indent=2, ensure_ascii=False)
+    return json.dumps({"tables": out, "skipped": skipped_out, "other_runs": other_runs_records(others or [], epoch)},
+                      indent=2, ensure_ascii=False)
