@@ -201,13 +201,24 @@ def train(out: Path, *extra: str) -> int:
 
 
 def test_cli_trains_and_reports_every_head(tmp_path: Path) -> None:
-    assert train(tmp_path / "run", "--epochs", "1") == 0
+    assert train(tmp_path / "run", "--epochs", "1", "--ema-decay", "0.5", "--pcl-rampup", "reimpl") == 0
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"ce", "ce_fuse", "pe", "pm", "total"} <= set(record["train"])
     assert {"peer0", "peer1", "ema0", "ema1", "fused", "ema_fused", "ensemble", "deployed"} <= set(record["test"])
     assert record["test"]["deployed"] == record["test"]["ema0"]
-    config = (tmp_path / "run" / "config.yaml").read_text()
-    assert "ema_decay: null" in config or "ema_decay:" in config
+    from okd.engine.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert saved["config"]["ema_decay"] == 0.5 and saved["config"]["pcl_rampup"] == "reimpl"
+    assert saved["config"]["num_peers"] == 2 and int(saved["model"]["ema_steps"]) == 2
+
+
+def test_recipe_gives_pcl_three_peers() -> None:
+    from okd.engine.config import TrainConfig
+    from okd.engine.recipe import resolve_config
+
+    assert resolve_config(TrainConfig(method="pcl", dataset="synthetic")).num_peers == 3
+    assert resolve_config(TrainConfig(method="dml", dataset="synthetic")).num_peers == 4
 
 
 @pytest.mark.parametrize("args, message", [(["--ema-decay", "1"], "--ema-decay must be in [0, 1)"),
