@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
                       "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default resnet32")
-    what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1)")
+    what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1, pcl 3)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's)")
     what.add_argument("--early", help="stage where 'early' sharing ends, i.e. the first per-peer stage for DML/MCL-OKD "
                       "(default: the backbone's; `okd models --arch NAME` lists the stages)")
@@ -87,7 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     meth.add_argument("--nce-m", "--nce_m", dest="nce_m", type=float, help="MCL-OKD: memory momentum")
     meth.add_argument("--feat-dim", "--feat_dim", dest="feat_dim", type=int, help="MCL-OKD, MCL: embedding size (128)")
     _bool_pair(meth, "fixed-z", "MCL-OKD: fix the NCE normaliser at the first step (CRD) instead of per batch")
-    meth.add_argument("--rampup-epochs", type=int, help="OKDDip: length of the consistency ramp-up (80)")
+    meth.add_argument("--rampup-epochs", type=int, help="OKDDip, PCL: length of the consistency ramp-up (80)")
     meth.add_argument("--mcl-tau", type=float, help="MCL: temperature of the embedding similarities (0.1)")
     meth.add_argument("--mcl-vcl", type=float, help="MCL: weight of the intra-network contrastive loss (the code's alpha, 0.1)")
     meth.add_argument("--mcl-icl", type=float, help="MCL: weight of the inter-network contrastive loss (beta, 0.1)")
@@ -96,6 +96,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _bool_pair(meth, "mcl-logit-distill", "MCL: also distil from the detached mean logits (2 peers: both; more: the last only)")
     _bool_pair(meth, "mcl-icl-same-instance", "MCL: the inter-network loss counts the same image as a positive (the ImageNet "
                "code's choice; default off, as the CIFAR code)")
+    meth.add_argument("--pcl-rampup", help="PCL: intended (default) | reimpl (the public re-implementation's ramp-up bug, "
+                      "KD off for epochs 2-80; only to reproduce its numbers)")
+    meth.add_argument("--ema-decay", type=float, help="PCL: decay bound of the EMA peers, in [0, 1) (0.999)")
     meth.add_argument("--kdcl-rule", help="KDCL: soft target from the peers, minlogit (default) | naive | linear | mean")
 
     run = p.add_argument_group("execution")

@@ -24,7 +24,7 @@ class TrainConfig:
     # what to train
     method: str = "baseline"
     arch: str = "resnet32"
-    num_peers: int | None = None  # recipe: 1 for baseline, 4 for every OKD method
+    num_peers: int | None = None  # recipe: 1 for baseline, 3 for pcl, 4 for every other OKD method
     share: str | None = None  # none | early | late | tree; default: the method's own
     early: str | None = None  # stage where DML/MCL-OKD peers stop sharing; default: the backbone's
     late: str | None = None  # stage where ONE/OKDDip peers stop sharing; default: the backbone's
@@ -74,6 +74,8 @@ class TrainConfig:
     mcl_logit_distill: bool | None = None
     mcl_icl_same_instance: bool | None = None
     kdcl_rule: str | None = None  # KDCL's soft target: minlogit | naive | linear | mean
+    pcl_rampup: str | None = None  # PCL: intended | reimpl (the re-implementation's ramp-up bug)
+    ema_decay: float | None = None  # PCL: EMA decay bound of the peer mean teachers, in [0, 1)
     # execution
     seed: int = 0
     device: str = "auto"
@@ -95,7 +97,7 @@ RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tens
 METHOD_OPTIONS = (
     "kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs",
     "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl", "mcl_logit_distill", "mcl_icl_same_instance",
-    "kdcl_rule",
+    "kdcl_rule", "pcl_rampup", "ema_decay",
 )
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}

@@ -16,6 +16,9 @@ from okd.methods import get_method_class, resolve_method_name, split_arch
 from okd.models import SHARE_MODES, create_backbone
 
 # The original README's --nce_k per backbone (CIFAR) and the reference default elsewhere.
+# Cohort size when --num-peers is not given: the reference's 4, except where a method's paper uses another.
+DEFAULT_PEERS = {"baseline": 1, "pcl": 3}
+
 NCE_K_BY_BACKBONE = {"resnet32": 256, "resnet110": 256, "densenet40_12": 256, "vgg16": 16384, "hcgnet_a1": 16384, "resnet34": 16384}
 
 
@@ -68,7 +71,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             changes[key] = value
     changes.update(_fit_batch_to_sampler(cfg, cls.train_sampler, changes))
     if cfg.num_peers is None:
-        changes["num_peers"] = 1 if method == "baseline" else 4
+        changes["num_peers"] = DEFAULT_PEERS.get(method, 4)
     if cfg.eval_batch_size is None:
         changes["eval_batch_size"] = 500 if cfg.dataset != "imagenet" else 256
     if method == "mcl_okd":
