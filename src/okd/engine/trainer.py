@@ -32,7 +32,7 @@ from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
 from okd.errors import OKDUserError
 from okd.methods import DatasetInfo, OKDMethod, build_method
-from okd.models import count_macs, count_params, create_backbone
+from okd.models import arch_label, count_macs, count_params, create_backbone
 
 
 class TrainingInterrupted(Exception):
@@ -100,6 +100,15 @@ def build_for_config(cfg: TrainConfig, device: torch.device, dist_info: okd_dist
     if channels_last:
         method.to(memory_format=torch.channels_last)
     return spec, train_loader, eval_loader, method
+
+
+def peer_sizes(backbones: list[str], num_classes: int, input_size: int) -> list[dict[str, Any]]:
+    """Each peer's backbone, parameters and multiply-adds per image (peers may be different backbones)."""
+    sized: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(backbones):
+        single = create_backbone(name, num_classes)
+        sized[name] = {"arch": name, "params": count_params(single), "macs_per_image": count_macs(single, input_size)}
+    return [dict(sized[name]) for name in backbones]
 
 
 def memory_usage(device: torch.device) -> dict[str, float]:
@@ -252,8 +261,8 @@ class Trainer:
         okd_dist.barrier()
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
-        single = create_backbone(cfg.arch, self.spec.num_classes)
-        self.sizes = (count_params(single), count_params(self.method), count_macs(single, self.spec.input_size))
+        self.peer_sizes = peer_sizes(self.method.backbone_names, self.spec.num_classes, self.spec.input_size)
+        self.training_params = count_params(self.method)
         model: nn.Module = self.method
         self.stop_group = None
         if self.dist.enabled:
@@ -446,7 +455,7 @@ class Trainer:
         if last is None:
             records = read_metrics(self.run.metrics)
             last = records[-1] if records else None
-        deployed_params, training_params, macs = self.sizes
+        deployed = self.peer_sizes[self.method.deployed_peer]
         return {
             "finished": finished and last is not None and last["epoch"] == self.cfg.epochs,
             "method": self.cfg.method,
@@ -457,8 +466,9 @@ class Trainer:
             "epochs": self.cfg.epochs,
             "epochs_done": last["epoch"] if last else 0,
             "deployed_peer": self.method.deployed_peer,
-            "params": {"deployed": deployed_params, "training": training_params},
-            "macs_per_image": macs,
+            "params": {"deployed": deployed["params"], "training": self.training_params},
+            "macs_per_image": deployed["macs_per_image"],
+            "peers": self.peer_sizes,
             "last": last["test"] if last else None,
             "best": self.best,
             "config": to_plain(self.cfg),
@@ -467,7 +477,7 @@ class Trainer:
     def _banner(self) -> str:
         cfg = self.cfg
         return (
-            f"okd train: {cfg.method} on {cfg.arch} x{cfg.num_peers} ({cfg.dataset}, {self.spec.num_train} train / "
+            f"okd train: {cfg.method} on {arch_label(cfg.arch)} x{cfg.num_peers} ({cfg.dataset}, {self.spec.num_train} train / "
             f"{self.spec.num_test} test images), {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, "
             f"device {self.device}{' x' + str(self.dist.world_size) if self.dist.enabled else ''}; run folder {self.run.path}"
         )

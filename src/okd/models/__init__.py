@@ -5,9 +5,12 @@ from okd.models.base import Backbone, BackboneSpec
 from okd.models.cohort import SHARE_MODES, Cohort, CohortOutput, average_gradient
 from okd.models.complexity import count_macs, count_params
 from okd.models.registry import (
+    arch_label,
     create_backbone,
     default_num_classes,
+    format_arch,
     list_backbones,
+    parse_arch,
     register_backbone,
     resolve_backbone_name,
 )
@@ -18,12 +21,15 @@ __all__ = [
     "Cohort",
     "CohortOutput",
     "SHARE_MODES",
+    "arch_label",
     "average_gradient",
     "count_macs",
     "count_params",
     "create_backbone",
     "default_num_classes",
+    "format_arch",
     "list_backbones",
+    "parse_arch",
     "register_backbone",
     "resolve_backbone_name",
 ]
