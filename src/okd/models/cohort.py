@@ -90,13 +90,13 @@ def _check_common(peers: list[Backbone]) -> None:
     sizes = [peer.spec.input_size for peer in peers]
     if len(set(sizes)) > 1:
         raise OKDUserError(
-            f"the peers' backbones are made for different input sizes ({', '.join(f'{s}px' for s in sizes)}, by peer); "
+            f"the peers' backbones are made for different input sizes (by peer: {', '.join(f'{s}px' for s in sizes)}); "
             "a cohort trains on one image size: choose backbones of the same input size"
         )
     classes = [peer.num_classes for peer in peers]
     if len(set(classes)) > 1:
         raise OKDUserError(
-            f"the peers' classifiers have different class counts ({', '.join(map(str, classes))}, by peer); "
+            f"the peers' classifiers have different class counts (by peer: {', '.join(map(str, classes))}); "
             "give one class count for every peer (e.g. --num-classes)"
         )
 

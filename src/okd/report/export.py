@@ -107,10 +107,10 @@ def peer_index(method: Any, peer: str) -> int | None:
 
 
 def peer_network(method: Any, index: int, num_classes: int) -> nn.Module:
-    """Trunk + branch ``index`` as the plain backbone, in eval mode."""
+    """Trunk + branch ``index`` as the plain backbone (peer ``index``'s own, in a heterogeneous cohort), in eval mode."""
     from okd.models import create_backbone
 
-    net = create_backbone(method.backbone_name, num_classes)
+    net = create_backbone(method.backbone_names[index], num_classes)
     net.load_state_dict(method.cohort.peer_state_dict(index), strict=True)
     return net.eval()
 
@@ -179,10 +179,12 @@ def normalisation(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] |
 
 
 def metadata(loaded: Loaded, peer: int | None) -> dict[str, Any]:
+    """``arch``: the exported peer's own backbone (what ``create_backbone`` rebuilds); ``cohort_arch``: the run's --arch."""
     cfg = loaded.config
     meta: dict[str, Any] = {
         "format": STATE_DICT_FORMAT,
-        "arch": cfg.arch,
+        "arch": cfg.arch if peer is None else loaded.method.backbone_names[peer],
+        "cohort_arch": cfg.arch,
         "num_classes": loaded.num_classes,
         "input_size": loaded.input_size,
         "method": cfg.method,
