@@ -107,7 +107,7 @@ def test_refused_cohorts_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Cap
     assert not out.exists()  # nothing half-written
 
 
-def test_refusal_names_the_methods_that_can(capsys: pytest.CaptureFixture[str]) -> None:
+def test_refusal_names_the_methods_that_can() -> None:
     with pytest.raises(OKDUserError, match=r"independent peers \(.*dml"):
         build_method("one", "resnet32,resnet110", 5, 2)
 
