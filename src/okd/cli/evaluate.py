@@ -51,7 +51,16 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
     errors = evaluate(method, method, eval_loader, dev, limit=limit_batches)
     return {"checkpoint": str(path), "method": cfg.method, "arch": cfg.arch, "dataset": cfg.dataset,
             "epoch": state["epoch"], "deployed_peer": method.deployed_peer, "deployed_head": method.deployed_head,
+            "peer_archs": list(method.backbone_names),
             "errors": errors}
+
+
+def head_label(head: str, peer_archs: list[str]) -> str:
+    """``peer1`` -> ``peer1 (resnet110)`` when the peers are different backbones; other heads unchanged."""
+    index = head[len("peer"):]
+    if len(set(peer_archs)) > 1 and head.startswith("peer") and index.isdigit() and int(index) < len(peer_archs):
+        return f"{head} ({peer_archs[int(index)]})"
+    return head
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -59,8 +68,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['method']} {result['arch']} on {result['dataset']} after {result['epoch']} epochs "
+    from okd.models import arch_label
+
+    print(f"{result['method']} {arch_label(result['arch'])} on {result['dataset']} after {result['epoch']} epochs "
           f"(deployed: {result['deployed_head']})")
-    rows = [[head, f"{e['top1']:.2f}", f"{e['top5']:.2f}"] for head, e in result["errors"].items()]
+    rows = [[head_label(head, result["peer_archs"]), f"{e['top1']:.2f}", f"{e['top5']:.2f}"]
+            for head, e in result["errors"].items()]
     print(format_table(["head", "top-1 error %", "top-5 error %"], rows))
     return 0

@@ -17,11 +17,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders searched recursively for summary.json")
     p.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     p.add_argument("--dataset", help="only this dataset's runs (default: one set of tables per dataset found)")
-    p.add_argument("--table", action="append", choices=("main", "imagenet", "ablation", "successors"),
-                   help="only these tables (repeatable; default: main + ablation, or imagenet for ImageNet runs; "
-                   "successors (KDCL, PCL, MCL) where such runs exist)")
+    p.add_argument("--table", action="append", choices=("main", "imagenet", "ablation", "successors", "peers"),
+                   help="only these tables (repeatable; default: main + ablation, or imagenet for ImageNet runs; then "
+                   "successors (KDCL, PCL, MCL) and peers (every peer of each cohort of different backbones, --arch a,b) "
+                   "where such runs exist)")
     p.add_argument("--arch", action="append", metavar="ARCH",
-                   help="only these backbones' rows (repeatable; default: every row of the paper's table)")
+                   help="only these backbones' rows (repeatable; a,b: that cohort of different backbones; default: every "
+                   "row of the paper's table)")
     p.add_argument("--epoch", choices=("last", "best"), default="last",
                    help="last epoch (default) or best epoch per head (selected on the test set: optimistic)")
     p.add_argument("--paper", action="store_true", help="show the original paper's figures and our difference")
@@ -30,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from okd.models import arch_label
     from okd.report.collect import collect_runs
     from okd.report.render import to_csv, to_json, to_markdown
     from okd.report.tables import build_tables, consistency_warnings, dataset_order, unused_runs
@@ -51,16 +54,17 @@ def run(args: argparse.Namespace) -> int:
     kinds = tuple(dict.fromkeys(args.table)) if args.table else None
     tables = build_tables(runs, datasets, kinds, args.epoch, args.paper)
     if args.arch:
-        from okd.models import resolve_backbone_name
+        from okd.models import format_arch, parse_arch
 
-        wanted = {resolve_backbone_name(a) for a in args.arch}
+        wanted = {format_arch(parse_arch(a)) for a in args.arch}
         for table in tables:
             table.rows = [row for row in table.rows if row.arch in wanted]
+        tables = [t for t in tables if t.rows or t.kind != "peers"]
     for warning in consistency_warnings(tables):
         print(f"okd report: note: {warning}", file=sys.stderr)
     others = [] if args.table else unused_runs(tables, runs)
     for extra in others:
-        print(f"okd report: note: {extra.path} ({extra.method} {extra.arch} on {extra.dataset}) is in none of the tables",
+        print(f"okd report: note: {extra.path} ({extra.method} {arch_label(extra.arch)} on {extra.dataset}) is in none of the tables",
               file=sys.stderr)
     if args.format == "csv":
         sys.stdout.write(to_csv(tables))

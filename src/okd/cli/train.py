@@ -32,9 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what = p.add_argument_group("what to train")
     what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
-                      "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default resnet32")
-    what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1, pcl 3)")
-    what.add_argument("--share", help="none | early | late | tree (default: the method's)")
+                      "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default "
+                      "resnet32. One backbone per peer, comma-separated (e.g. resnet32,resnet110), for methods whose peers "
+                      "are independent networks (dml, kdcl, mcl): their peers then share nothing (--share none)")
+    what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int,
+                      help="peers in the cohort (default 4; baseline 1; pcl 3; --arch a,b: the number of backbones)")
+    what.add_argument("--share", help="none | early | late | tree (default: the method's; none for --arch a,b)")
     what.add_argument("--early", help="stage where 'early' sharing ends, i.e. the first per-peer stage for DML/MCL-OKD "
                       "(default: the backbone's; `okd models --arch NAME` lists the stages)")
     what.add_argument("--late", help="stage where 'late' sharing ends, i.e. the first per-peer stage for ONE/OKDDip "
@@ -144,7 +147,9 @@ def run_train(args: argparse.Namespace) -> int:
     from okd.engine.trainer import Trainer, TrainingInterrupted
 
     cfg = resolve_config(config_from_args(args))
-    out = Path(getattr(args, "out", None) or f"runs/{cfg.method}_{cfg.arch}_{cfg.dataset}_s{cfg.seed}")
+    from okd.models import arch_label
+
+    out = Path(getattr(args, "out", None) or f"runs/{cfg.method}_{arch_label(cfg.arch)}_{cfg.dataset}_s{cfg.seed}")
     with okd_dist.process_group(cfg.device):
         trainer = Trainer(cfg, out, resume=getattr(args, "resume", False), overwrite=getattr(args, "overwrite", False),
                           quiet=getattr(args, "quiet", False))
@@ -157,7 +162,7 @@ def run_train(args: argparse.Namespace) -> int:
     if trainer.is_main and summary["last"]:
         last = summary["last"]
         print(
-            f"done: {cfg.method} {cfg.arch} on {cfg.dataset}, {summary['epochs_done']} epochs. Test top-1 error: "
+            f"done: {cfg.method} {arch_label(cfg.arch)} on {cfg.dataset}, {summary['epochs_done']} epochs. Test top-1 error: "
             f"deployed peer {last['deployed']['top1']:.2f}%, peer mean {last['peer_mean']['top1']:.2f}%, "
             f"ensemble {last['ensemble']['top1']:.2f}%. Run folder: {out}"
         )

@@ -13,7 +13,7 @@ from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive
 from okd.errors import OKDUserError
 from okd.methods import get_method_class, resolve_method_name, split_arch
-from okd.models import SHARE_MODES, create_backbone
+from okd.models import SHARE_MODES, create_backbone, format_arch
 
 # The original README's --nce_k per backbone (CIFAR) and the reference default elsewhere.
 # Cohort size when --num-peers is not given: the reference's 4, except where a method's paper uses another.
@@ -55,8 +55,13 @@ def _fit_batch_to_sampler(cfg: TrainConfig, method_sampler: str, recipe: dict) -
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Fill the recipe into ``cfg`` and validate it; raises OKDUserError with one clear message."""
+    """Fill the recipe into ``cfg`` and validate it; raises OKDUserError with one clear message.
+
+    ``--arch a,b`` (one backbone per peer) sets the default --num-peers to the number of names; the
+    only backbone-keyed recipe value (MCL-OKD's nce_k) follows peer 0's backbone.
+    """
     method_from_arch, backbone = split_arch(cfg.arch)
+    names = backbone.split(",")
     method = resolve_method_name(cfg.method)
     if method_from_arch is not None:
         if cfg.method not in ("baseline", method_from_arch) and method != method_from_arch:
@@ -65,27 +70,28 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.dataset not in DATASETS:
         raise OKDUserError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(DATASETS)}")
     cls = get_method_class(method)
-    changes: dict = {"method": method, "arch": backbone}
+    changes: dict = {"method": method, "arch": format_arch(names)}
     for key, value in _optimisation_recipe(method, cfg.dataset).items():
         if getattr(cfg, key) is None:
             changes[key] = value
     changes.update(_fit_batch_to_sampler(cfg, cls.train_sampler, changes))
     if cfg.num_peers is None:
-        changes["num_peers"] = DEFAULT_PEERS.get(method, 4)
+        changes["num_peers"] = len(names) if len(names) > 1 else DEFAULT_PEERS.get(method, 4)
     if cfg.eval_batch_size is None:
         changes["eval_batch_size"] = 500 if cfg.dataset != "imagenet" else 256
     if method == "mcl_okd":
         if cfg.nce_k is None:
-            changes["nce_k"] = NCE_K_BY_BACKBONE.get(backbone, 256) if cfg.dataset in ("cifar100", "cifar10", "imagenet") else 256
+            changes["nce_k"] = NCE_K_BY_BACKBONE.get(names[0], 256) if cfg.dataset in ("cifar100", "cifar10", "imagenet") else 256
         if cfg.nce_t is None:
             changes["nce_t"] = 0.07 if cfg.dataset == "imagenet" else 0.1
     if cfg.dataset == "folder" and cfg.image_size is None:
-        changes["image_size"] = create_backbone(backbone, 2).spec.input_size
+        changes["image_size"] = create_backbone(names[0], 2).spec.input_size
     if cfg.lr_schedule == "multistep" and cfg.milestones is None:
         epochs = changes.get("epochs", cfg.epochs)
         changes["milestones"] = [epochs // 2, epochs * 3 // 4]
     resolved = replace(cfg, **changes)
     validate(resolved, cls.min_peers, cls.allowed_shares)
+    cls.plan_cohort(names, resolved.num_peers, resolved.share)  # one backbone per peer: refused combinations
     return resolved
 
 

@@ -32,7 +32,7 @@ from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
 from okd.errors import OKDUserError
 from okd.methods import DatasetInfo, OKDMethod, build_method, get_method_class
-from okd.models import BackboneOptions, backbone_options, count_macs, count_params, create_backbone
+from okd.models import BackboneOptions, arch_label, backbone_options, count_macs, count_params, create_backbone
 
 
 class TrainingInterrupted(Exception):
@@ -127,6 +127,15 @@ def build_for_config(
     if channels_last:
         method.to(memory_format=torch.channels_last)
     return spec, train_loader, eval_loader, method
+
+
+def peer_sizes(backbones: list[str], num_classes: int, input_size: int) -> list[dict[str, Any]]:
+    """Each peer's backbone, parameters and multiply-adds per image (peers may be different backbones)."""
+    sized: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(backbones):
+        single = create_backbone(name, num_classes)
+        sized[name] = {"arch": name, "params": count_params(single), "macs_per_image": count_macs(single, input_size)}
+    return [dict(sized[name]) for name in backbones]
 
 
 def memory_usage(device: torch.device) -> dict[str, float]:
@@ -298,8 +307,8 @@ class Trainer:
         if resolve_sampler(cfg) == "m_per_class":
             self.notices.append(f"sampler m_per_class: every batch holds {cfg.batch_size // cfg.m_per_class} random classes "
                                 f"x {cfg.m_per_class} samples, drawn afresh per batch")
-        single = create_backbone(cfg.arch, self.spec.num_classes)
-        self.sizes = (count_params(single), count_params(self.method), count_macs(single, self.spec.input_size))
+        self.peer_sizes = peer_sizes(self.method.backbone_names, self.spec.num_classes, self.spec.input_size)
+        self.training_params = count_params(self.method)
         model: nn.Module = self.method
         self.stop_group = None
         if self.dist.enabled:
@@ -495,7 +504,7 @@ class Trainer:
         if last is None:
             records = read_metrics(self.run.metrics)
             last = records[-1] if records else None
-        deployed_params, training_params, macs = self.sizes
+        deployed = self.peer_sizes[self.method.deployed_peer]
         return {
             "finished": finished and last is not None and last["epoch"] == self.cfg.epochs,
             "method": self.cfg.method,
@@ -508,8 +517,9 @@ class Trainer:
             "epochs_done": last["epoch"] if last else 0,
             "deployed_peer": self.method.deployed_peer,
             "deployed_head": self.method.deployed_head,
-            "params": {"deployed": deployed_params, "training": training_params},
-            "macs_per_image": macs,
+            "params": {"deployed": deployed["params"], "training": self.training_params},
+            "macs_per_image": deployed["macs_per_image"],
+            "peers": self.peer_sizes,
             "last": last["test"] if last else None,
             "best": self.best,
             "config": to_plain(self.cfg),
@@ -518,7 +528,7 @@ class Trainer:
     def _banner(self) -> str:
         cfg = self.cfg
         return (
-            f"okd train: {cfg.method} on {cfg.arch} x{cfg.num_peers} ({cfg.dataset}, {self.spec.num_train} train / "
+            f"okd train: {cfg.method} on {arch_label(cfg.arch)} x{cfg.num_peers} ({cfg.dataset}, {self.spec.num_train} train / "
             f"{self.spec.num_test} test images), {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, "
             f"device {self.device}{' x' + str(self.dist.world_size) if self.dist.enabled else ''}; run folder {self.run.path}"
         )

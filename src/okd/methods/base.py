@@ -9,15 +9,18 @@ every method runs on every backbone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from collections.abc import Iterator
+from functools import partial
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.models import Cohort, CohortOutput, create_backbone
+from okd.errors import OKDUserError
+from okd.models import Cohort, CohortOutput, create_backbone, format_arch, parse_arch
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,41 @@ class OKDMethod(nn.Module):
     min_peers: ClassVar[int] = 2
     # how the engine draws training batches unless --sampler says otherwise (okd.data.sampling.SAMPLERS)
     train_sampler: ClassVar[str] = "random"
+    supports_heterogeneous: ClassVar[bool] = False  # peers may be different backbones (they then share nothing)
 
-    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None) -> None:
+    def __init__(self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None) -> None:
+        """``backbone``: one name for every peer, or one per peer (a list, or ``"resnet32,resnet110"``)."""
         super().__init__()
-        self.backbone_name = backbone
-        self.cohort = Cohort(lambda: create_backbone(backbone, num_classes), num_peers, share or self.default_share)
+        names, share = self.plan_cohort(backbone, num_peers, share)
+        self.backbone_names = names  # peer i is a ``create_backbone(backbone_names[i])``
+        self.backbone_name = format_arch(names)
+        self.cohort = Cohort([partial(create_backbone, name, num_classes) for name in names], num_peers, share)
+
+    @classmethod
+    def plan_cohort(cls, backbone: str | Sequence[str], num_peers: int, share: str | None) -> tuple[list[str], str]:
+        """Each peer's backbone and the share mode, or the user error that forbids the combination.
+
+        Peers of different backbones have no common layers, so they need a method whose peers are
+        independent networks, and share "none" (their default; another explicit --share is refused).
+        """
+        names = parse_arch(backbone)
+        if len(names) == 1:
+            names = names * num_peers
+        elif len(names) != num_peers:
+            raise OKDUserError(f"--arch {','.join(names)} gives {len(names)} backbones for --num-peers {num_peers}: "
+                               "give one backbone per peer, or leave --num-peers out")
+        if len(set(names)) == 1:
+            return names, share or cls.default_share
+        if not cls.supports_heterogeneous:
+            from okd.methods.registry import get_method_class, list_methods
+
+            able = [m for m in list_methods() if get_method_class(m).supports_heterogeneous]
+            raise OKDUserError(f"method {cls.name!r} cannot train peers of different backbones ({'+'.join(names)}): "
+                               f"give one --arch, or use a method with independent peers ({', '.join(able)})")
+        if share not in (None, "none"):
+            raise OKDUserError(f"--share {share}: peers of different backbones ({'+'.join(names)}) share no layers; "
+                               "use --share none (the default for a cohort of different backbones)")
+        return names, "none"
 
     @property
     def num_peers(self) -> int:

@@ -2,10 +2,12 @@
 
 Every peer learns from the labels and from each other peer's detached prediction. The reference
 shares stage 1 among the peers (``share="early"``, the default); ``share="none"`` gives the DML
-paper's fully independent networks.
+paper's fully independent networks, which may then be different backbones (``--arch resnet32,resnet110``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -23,9 +25,10 @@ class DML(OKDMethod):
     name = "dml"
     default_share = "early"
     allowed_shares = ("none", "early")
+    supports_heterogeneous = True
 
     def __init__(
-        self, backbone: str, num_classes: int, num_peers: int, share: str | None = None, kd_t: float = 2.0
+        self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None, kd_t: float = 2.0
     ) -> None:
         super().__init__(backbone, num_classes, num_peers, share)
         self.kd_t = kd_t

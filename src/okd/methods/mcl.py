@@ -13,6 +13,7 @@ of B/2 classes), so every anchor has a same-class partner. Details and quirks: d
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.mcl import mcl_terms
 from okd.methods.base import OKDMethod
 from okd.methods.registry import register_method
-from okd.models import CohortOutput
+from okd.models import CohortOutput, parse_arch
 
 
 def projection_head(dim_in: int, dim_out: int) -> nn.Sequential:
@@ -58,7 +59,7 @@ class MCL(OKDMethod):
 
     def __init__(
         self,
-        backbone: str,
+        backbone: str | Sequence[str],
         num_classes: int,
         num_peers: int,
         share: str | None = None,
@@ -80,7 +81,7 @@ class MCL(OKDMethod):
         if int(feat_dim) < 1:
             raise OKDUserError(f"--feat-dim must be >= 1, got {feat_dim}")
         if share is None:
-            share = "none" if num_peers == 2 or not isinstance(backbone, str) else "early"
+            share = "none" if num_peers == 2 or len(set(parse_arch(backbone))) > 1 else "early"
         super().__init__(backbone, num_classes, num_peers, share)
         self.kd_t, self.tau, self.feat_dim = float(kd_t), float(mcl_tau), int(feat_dim)
         self.weights = {"vcl": float(mcl_vcl), "icl": float(mcl_icl), "soft_vcl": float(mcl_soft_vcl), "soft_icl": float(mcl_soft_icl)}

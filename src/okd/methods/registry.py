@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 from okd.errors import OKDUserError
 from okd.methods.base import DatasetInfo, OKDMethod
-from okd.models.registry import resolve_backbone_name
+from okd.models.registry import parse_arch
 
 _METHODS: dict[str, type[OKDMethod]] = {}
 
@@ -39,26 +40,34 @@ def get_method_class(name: str) -> type[OKDMethod]:
 
 
 def split_arch(arch: str) -> tuple[str | None, str]:
-    """``'dml_resnet32'`` -> ``('dml', 'resnet32')``; a plain backbone name gives ``(None, name)``."""
+    """``'dml_resnet32'`` -> ``('dml', 'resnet32')``; plain backbone names give ``(None, names)``.
+
+    The backbone part may name one backbone per peer (``'dml_resnet32,resnet110'``); it comes back
+    as canonical names joined by commas, one per name given.
+    """
     lowered = arch.lower()
-    for prefix, method in sorted(ARCH_PREFIXES.items(), key=lambda kv: -len(kv[0])):
+    method = None
+    for prefix, candidate in sorted(ARCH_PREFIXES.items(), key=lambda kv: -len(kv[0])):
         if lowered.startswith(prefix):
-            return method, resolve_backbone_name(arch[len(prefix):])
-    return None, resolve_backbone_name(arch)
+            method, arch = candidate, arch[len(prefix):]
+            break
+    return method, ",".join(parse_arch(arch))
 
 
 def build_method(
     name: str,
-    backbone: str,
+    backbone: str | Sequence[str],
     num_classes: int,
     num_peers: int,
     share: str | None = None,
     dataset: DatasetInfo | None = None,
     **options: Any,
 ) -> OKDMethod:
-    """Build a method; ``options`` may hold every method's knobs, each method takes the ones it declares."""
+    """Build a method; ``options`` may hold every method's knobs, each method takes the ones it declares.
+
+    ``backbone``: one name for every peer, or one per peer (a list, or names joined by commas).
+    """
     cls = get_method_class(name)
-    backbone = resolve_backbone_name(backbone)
     if num_peers < cls.min_peers:
         raise OKDUserError(f"method {cls.name!r} needs at least {cls.min_peers} peers, got --num-peers {num_peers}")
     if share is not None and share not in cls.allowed_shares:

@@ -10,21 +10,26 @@ Share modes (reference-spec §4.1):
 Every peer is built from a fresh backbone, so peers start from independent initialisations as
 in the reference; a peer's stages keep the backbone's names, so ``peer_state_dict(i)`` loads with
 ``strict=True`` into ``create_backbone(name)`` (for a timm/torchvision backbone: into the library's own
-model, through the backbone's ``key_map``).
+model, through the backbone's ``key_map``). With one factory per peer the peers may be different
+backbones (DML's ResNet-32 + ResNet-110); they then share nothing (``none``), and ``peer_state_dict(i)``
+loads into peer i's own backbone.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from okd.errors import OKDUserError
 from okd.models.base import Backbone, map_state_keys
 
 SHARE_MODES = ("none", "early", "late", "tree")
+
+BackboneFactory = Callable[[], Backbone]
 
 
 class _AverageGradient(torch.autograd.Function):
@@ -61,6 +66,42 @@ def _stages(backbone: Backbone, start: int, stop: int) -> nn.ModuleDict:
     return nn.ModuleDict({name: backbone.stage(name) for name in backbone.stage_names[start:stop]})
 
 
+def _peer_factories(make_backbone: BackboneFactory | Sequence[BackboneFactory], num_peers: int | None) -> list[BackboneFactory]:
+    if callable(make_backbone):
+        if num_peers is None:
+            raise ValueError("num_peers is required with a single backbone factory")
+        factories = [make_backbone] * num_peers
+    else:
+        factories = list(make_backbone)
+        if num_peers is not None and num_peers != len(factories):
+            raise ValueError(f"num_peers={num_peers} but {len(factories)} backbone factories were given")
+    if not factories:
+        raise ValueError(f"num_peers must be >= 1, got {num_peers if num_peers is not None else 0}")
+    return factories
+
+
+def _layout(backbone: Backbone) -> tuple:
+    """What two peers must agree on to share layers: their stages and every tensor's name and shape."""
+    shapes = tuple((key, tuple(value.shape)) for key, value in backbone.state_dict().items())
+    return type(backbone), backbone.stage_names, shapes
+
+
+def _check_common(peers: list[Backbone]) -> None:
+    """Peers see the same images and are scored on the same labels, so these must agree."""
+    sizes = [peer.spec.input_size for peer in peers]
+    if len(set(sizes)) > 1:
+        raise OKDUserError(
+            f"the peers' backbones are made for different input sizes (by peer: {', '.join(f'{s}px' for s in sizes)}); "
+            "a cohort trains on one image size: choose backbones of the same input size"
+        )
+    classes = [peer.num_classes for peer in peers]
+    if len(set(classes)) > 1:
+        raise OKDUserError(
+            f"the peers' classifiers have different class counts (by peer: {', '.join(map(str, classes))}); "
+            "give one class count for every peer (e.g. --num-classes)"
+        )
+
+
 def _run(stages: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
     for stage in stages.values():
         x = stage(x)
@@ -68,25 +109,35 @@ def _run(stages: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
 
 
 class Cohort(nn.Module):
-    """Trunk + (optional sub-trunks) + N branches of one backbone."""
+    """Trunk + (optional sub-trunks) + N branches of one backbone, or N independent backbones."""
 
-    def __init__(self, make_backbone: Callable[[], Backbone], num_peers: int, share: str = "early") -> None:
+    def __init__(
+        self,
+        make_backbone: BackboneFactory | Sequence[BackboneFactory],
+        num_peers: int | None = None,
+        share: str = "early",
+    ) -> None:
+        """``make_backbone``: one factory called once per peer, or one factory per peer (then a
+        heterogeneous cohort, e.g. ResNet-32 + ResNet-110, is possible with ``share="none"`` only:
+        a shared trunk is one network's layers)."""
         super().__init__()
         if share not in SHARE_MODES:
             raise ValueError(f"share must be one of {SHARE_MODES}, got {share!r}")
-        if num_peers < 1:
-            raise ValueError(f"num_peers must be >= 1, got {num_peers}")
-        peers = [make_backbone() for _ in range(num_peers)]
+        factories = _peer_factories(make_backbone, num_peers)
+        peers = [make() for make in factories]
         first = peers[0]
+        self.heterogeneous = any(_layout(peer) != _layout(first) for peer in peers[1:])
+        if self.heterogeneous and share != "none":
+            raise ValueError(f"peers of different backbones share no layers: share must be 'none', got {share!r}")
+        _check_common(peers)
         names = first.stage_names
-        self.stage_names = names
-        self.num_peers = num_peers
+        self.stage_names = names  # peer 0's (all peers' unless heterogeneous)
+        self.num_peers = len(peers)
         self.share = share
-        self.feature_dim = first.feature_dim
+        self.feature_dims = [peer.feature_dim for peer in peers]
         self.num_classes = first.num_classes
-        self.spec = first.spec
+        self.spec = first.spec  # peer 0's; input_size is common to all peers
         self.key_maps = [peer.key_map for peer in peers]
-        n_stages = len(names)
         fork = {
             "none": 0,
             "early": names.index(first.spec.early),
@@ -95,11 +146,21 @@ class Cohort(nn.Module):
         }[share]
         branch_start = names.index(first.spec.late) if share == "tree" else fork
         self.trunk = _stages(first, 0, fork)
-        self.num_groups = math.ceil(num_peers / 2) if share == "tree" else 0
+        self.num_groups = math.ceil(self.num_peers / 2) if share == "tree" else 0
         self.subtrunks = nn.ModuleList(
             [_stages(peers[2 * g], fork, branch_start) for g in range(self.num_groups)]
         )
-        self.branches = nn.ModuleList([_stages(p, branch_start, n_stages) for p in peers])
+        self.branches = nn.ModuleList([_stages(p, branch_start, len(p.stage_names)) for p in peers])
+
+    @property
+    def feature_dim(self) -> int:
+        """The pooled-feature size every peer shares; a heterogeneous cohort must ask per peer."""
+        if self.heterogeneous:
+            raise ValueError(
+                f"this cohort's peers are different backbones (feature sizes {self.feature_dims}): "
+                "use cohort.feature_dims[peer] instead of cohort.feature_dim"
+            )
+        return self.feature_dims[0]
 
     def group_of(self, peer: int) -> int:
         """Index of the CL-ILR sub-trunk feeding ``peer`` (peers 2g and 2g+1 share sub-trunk g)."""

@@ -7,7 +7,7 @@ Names with a library prefix (``timm:NAME``, ``tv:NAME``, ``torchvision:NAME``) g
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -65,6 +65,28 @@ def resolve_backbone_name(name: str) -> str:
         return _ALIASES[key]
     known = ", ".join(list_backbones())
     raise OKDUserError(f"unknown backbone {name!r}; known backbones: {known}, or timm:NAME / tv:NAME")
+
+
+def parse_arch(arch: str | Sequence[str]) -> list[str]:
+    """Canonical names of an ``--arch`` value: one backbone, or one per peer (``"resnet32,resnet110"``).
+
+    Split on commas before resolving, so every part may be any registered name or alias.
+    """
+    parts = arch.split(",") if isinstance(arch, str) else list(arch)
+    names = [part.strip() for part in parts]
+    if not names or any(not name for name in names):
+        raise OKDUserError(f"--arch {arch!r} has an empty backbone name; give one name, or one per peer separated by commas")
+    return [resolve_backbone_name(name) for name in names]
+
+
+def format_arch(names: Sequence[str]) -> str:
+    """The one spelling of a cohort's backbones: ``"resnet32"`` if every peer is one, else ``"resnet32,resnet110"``."""
+    return names[0] if len(set(names)) == 1 else ",".join(names)
+
+
+def arch_label(arch: str) -> str:
+    """How reports and logs show an ``--arch`` value: ``"resnet32,resnet110"`` -> ``"resnet32+resnet110"``."""
+    return "+".join(name.strip() for name in arch.split(","))
 
 
 def default_num_classes(name: str) -> int:

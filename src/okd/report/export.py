@@ -113,16 +113,17 @@ def peer_index(method: Any, peer: str) -> int | None:
 
 def peer_network(method: Any, index: int, num_classes: int) -> nn.Module:
     """Deployable peer ``index`` (``method.peer_state_dict``: trunk + branch, or e.g. an EMA copy) as the plain network
-    (for timm/tv archs the library's own model), in eval mode."""
+    (peer ``index``'s own backbone in a heterogeneous cohort; for timm/tv archs the library's
+    own model), in eval mode."""
     from okd.models import create_plain_network
 
-    net = create_plain_network(method.backbone_name, num_classes)
+    net = create_plain_network(method.backbone_names[index], num_classes)
     try:
         net.load_state_dict(method.peer_state_dict(index), strict=True)
     except RuntimeError as exc:
         from okd.engine.checkpoint import state_dict_mismatch
 
-        raise OKDUserError(f"peer {index} does not load into {method.backbone_name}: {state_dict_mismatch(exc)}") from None
+        raise OKDUserError(f"peer {index} does not load into {method.backbone_names[index]}: {state_dict_mismatch(exc)}") from None
     return net.eval()
 
 
@@ -190,10 +191,12 @@ def normalisation(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] |
 
 
 def metadata(loaded: Loaded, peer: int | None) -> dict[str, Any]:
+    """``arch``: the exported peer's own backbone (what ``create_backbone`` rebuilds); ``cohort_arch``: the run's --arch."""
     cfg = loaded.config
     meta: dict[str, Any] = {
         "format": STATE_DICT_FORMAT,
-        "arch": cfg.arch,
+        "arch": cfg.arch if peer is None else loaded.method.backbone_names[peer],
+        "cohort_arch": cfg.arch,
         "num_classes": loaded.num_classes,
         "input_size": loaded.input_size,
         "method": cfg.method,

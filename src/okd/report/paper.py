@@ -43,7 +43,8 @@ PAPER_DATASET: dict[str, str] = {"main": "cifar100", "ablation": "cifar100", "im
 
 
 def model_name(arch: str) -> str:
-    return MODEL_NAMES.get(arch, arch)
+    """The paper's name of a backbone; a cohort of different backbones joins its peers' ("ResNet-32+ResNet-110")."""
+    return "+".join(MODEL_NAMES.get(name, name) for name in arch.split(","))
 
 
 def dataset_name(dataset: str) -> str:

@@ -74,7 +74,9 @@ def notes(table: Table) -> list[str]:
     else:
         out.append("Epoch: the last.")
     out.append("Several seeds: mean ± sample std (n = runs). —: no finished run.")
-    if table.kind == "ablation":
+    if table.kind == "peers":
+        out.append("One backbone per peer (--arch a,b); peer i is the i-th backbone named. Ens: the method's own ensemble.")
+    elif table.kind == "ablation":
         out.append("+MCL: MCL-OKD with --alpha 0 (no DOT loss); +MCL+DOT: MCL-OKD with alpha > 0 (the full method).")
     elif table.kind == "successors":
         out.append("Deployed: KDCL and MCL peer 0, PCL its temporal-mean (EMA) peer 0. Ens: the method's own ensemble "

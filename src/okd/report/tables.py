@@ -25,7 +25,7 @@ from okd.report.paper import (
     paper_figures,
 )
 
-TABLE_KINDS = ("main", "imagenet", "ablation", "successors")
+TABLE_KINDS = ("main", "imagenet", "ablation", "successors", "peers")
 
 # Config fields that do not change what a run computes; all others must agree within a cell.
 _IRRELEVANT = {"seed", "device", "data", "download", "workers", "log_interval", "tensorboard", "compile",
@@ -40,6 +40,7 @@ class Column:
     variant: str = ""  # "" for every method but MCL-OKD: "mcl" (alpha 0) | "mcl_dot"
     show: str = "both"  # "both": "single (Ens)" | "single" | "ens"
     paper_key: str = ""  # key of this column in paper_results.json (default: the method)
+    head: str = "deployed"  # the summary head of the "single" figure ("peer1" in a per-peer table)
 
 
 def _main_columns() -> tuple[Column, ...]:
@@ -134,6 +135,8 @@ class Table:
             return f"Methods after MCL-OKD on {shown}: top-1 error (%) of the deployed peer (ensemble in parentheses)"
         if self.kind == "imagenet":
             return f"{shown}: top-1 error (%) of the deployed peer and the MCL-OKD ensemble"
+        if self.kind == "peers":
+            return f"{shown}, cohort {model_name(self.rows[0].arch)}: top-1 error (%) of every peer and the ensemble"
         return f"{shown}: top-1 error (%) of the deployed peer (ensemble of all peers in parentheses)"
 
     @property
@@ -171,7 +174,7 @@ def build_table(kind: str, dataset: str, runs: list[RunRecord], epoch: str = "la
         for col in columns:
             cell_runs = sorted((r for r in arch_runs if column_of(r, col)), key=lambda r: (r.seed, str(r.path)))
             cell = Cell(cell_runs)
-            cell.single = Stat.of([v for r in cell_runs if (v := r.top1("deployed", epoch)) is not None])
+            cell.single = Stat.of([v for r in cell_runs if (v := r.top1(col.head, epoch)) is not None])
             if col.method != "baseline":
                 cell.ens = Stat.of([v for r in cell_runs if (v := r.top1("ensemble", epoch)) is not None])
             if paper:
@@ -183,13 +186,49 @@ def build_table(kind: str, dataset: str, runs: list[RunRecord], epoch: str = "la
     return Table(kind, dataset, epoch, columns, rows, comparable, paper)
 
 
+def heterogeneous_archs(runs: list[RunRecord], dataset: str) -> list[str]:
+    """The cohorts of different backbones (``--arch a,b``) run on ``dataset``, sorted."""
+    return sorted({r.arch for r in runs if r.dataset == dataset and "," in r.arch})
+
+
+def build_peer_table(dataset: str, arch: str, runs: list[RunRecord], epoch: str = "last") -> Table:
+    """Every peer of one heterogeneous cohort, per method: the columns name each peer's backbone.
+
+    The main table shows such a cohort only through its deployed peer; here each backbone's own
+    error is visible (the DML paper's "ResNet-32 trained with ResNet-110" figures).
+    """
+    backbones = arch.split(",")
+    mine = [r for r in runs if r.dataset == dataset and r.arch == arch]
+    columns = []
+    for method in sorted({r.method for r in mine}, key=lambda m: (list(METHOD_NAMES).index(m) if m in METHOD_NAMES else 99, m)):
+        label = METHOD_NAMES.get(method, method)
+        for i, backbone in enumerate(backbones):
+            columns.append(Column(f"{method}_peer{i}", f"{label} peer {i}: {model_name(backbone)}", method,
+                                  show="single", head=f"peer{i}"))
+        columns.append(Column(f"{method}_ens", f"{label} Ens", method, show="ens"))
+    cells = {}
+    for col in columns:
+        cell_runs = sorted((r for r in mine if r.method == col.method), key=lambda r: (r.seed, str(r.path)))
+        cell = Cell(cell_runs)
+        cell.single = Stat.of([v for r in cell_runs if (v := r.top1(col.head, epoch)) is not None])
+        cell.ens = Stat.of([v for r in cell_runs if (v := r.top1("ensemble", epoch)) is not None])
+        cells[col.key] = cell
+    row = Row(arch, model_name(arch), None, None, None, None, cells)
+    return Table("peers", dataset, epoch, tuple(columns), [row], comparable=False, paper=False)
+
+
 def build_tables(runs: list[RunRecord], datasets: list[str], kinds: tuple[str, ...] | None = None,
                  epoch: str = "last", paper: bool = False) -> list[Table]:
-    """Every requested table for every dataset, in the paper's order."""
+    """Every requested table for every dataset, in the paper's order; by default a per-peer table
+    follows for each heterogeneous cohort that was run."""
     tables = []
     for dataset in datasets:
-        for kind in kinds or default_kinds(dataset, runs):
-            tables.append(build_table(kind, dataset, runs, epoch, paper))
+        wanted = kinds or (*default_kinds(dataset, runs), "peers")
+        for kind in wanted:
+            if kind == "peers":
+                tables += [build_peer_table(dataset, arch, runs, epoch) for arch in heterogeneous_archs(runs, dataset)]
+            else:
+                tables.append(build_table(kind, dataset, runs, epoch, paper))
     return tables
 
 
