@@ -53,7 +53,8 @@ import torch
 
 from okd.errors import OKDUserError
 
-METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
+ORIGINAL_METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
+METHODS = (*ORIGINAL_METHODS, "kdcl", "pcl", "mcl")
 
 # Figures quoted by issue 8 for the original implementation "on a 2-core machine" (torch 2.14, batch
 # 64, resnet32, 4 peers). Printed for orientation only: the speed-up column compares with the
@@ -128,6 +129,8 @@ def build_case(
     compile: bool = False,
     channels_last: bool | None = None,
     sgd_impl: str = "auto",
+    share: str | None = None,
+    image_size: int = 32,
 ) -> dict[str, Any]:
     """Config, loaders, method, optimiser and forward module, built as the Trainer builds them."""
     from okd.engine import distributed as okd_dist
@@ -141,6 +144,8 @@ def build_case(
             method=method,
             arch=arch,
             num_peers=1 if method == "baseline" else num_peers,
+            share=share,
+            synthetic_size=image_size,
             dataset="synthetic",
             synthetic_train=num_train,
             synthetic_test=num_test,
@@ -321,7 +326,7 @@ def run_case(args: argparse.Namespace, method: str, arch: str) -> dict[str, Any]
         case["train_loader"] = FixedBatch(case["train_loader"])
     row["no_data"] = bool(args.no_data)
     row.update(time_training(case, args.steps, args.warmup, args.profile))
-    if args.original_style:
+    if args.original_style and method in ORIGINAL_METHODS:  # the original code has only the paper's methods
         del case
         original = build_case(method, arch, batch_size=batch, num_peers=args.num_peers, device=args.device,
                               num_train=args.num_train, channels_last=False, sgd_impl="loop")

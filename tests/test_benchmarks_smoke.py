@@ -88,3 +88,18 @@ def test_data_pipeline_records_threads_and_load(tmp_path, capsys) -> None:
     assert all("load_average_1min_before" in r and r["cpu_busy_before"] is None for r in report["results"])
     table = capsys.readouterr().out
     assert "| torch threads | 1-min load avg before |" in table
+
+
+def test_timm_dml_runs_every_case_and_rejects_bad_input(tmp_path: Path, capsys) -> None:
+    import timm_dml
+
+    out = tmp_path / "timm.json"
+    result = timm_dml.main(["--model", "test_resnet", "--batch-size", "4", "--image-size", "16", "--steps", "1",
+                            "--warmup", "0", "--json", str(out)])
+    assert json.loads(out.read_text()) == result
+    cases = result["cases"]
+    assert [c["networks"] for c in cases.values()] == [2, 2, 4, 4]
+    assert all(c["img_s"] > 0 and c["network_img_s"] == pytest.approx(c["img_s"] * c["networks"]) for c in cases.values())
+    assert "| plain loop, 2 networks | 2 |" in capsys.readouterr().out
+    with pytest.raises(Exception, match="unknown timm model 'nope'"):
+        timm_dml.main(["--model", "nope"])

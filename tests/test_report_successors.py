@@ -1,0 +1,70 @@
+"""The successors' table: KDCL, PCL and MCL runs in `okd report`, their published cells, `okd reproduce`."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from okd.cli.main import build_parser, main
+from okd.report.paper import paper_figures, published_peers
+from okd.report.reproduce import Job, table_jobs
+
+# Published top-1 accuracies (%), transcribed from the sources paper_results.json names:
+# PCL's paper table (KDCL, PCL) and winycg/MCL's README (MCL x4).
+PUBLISHED_ACCURACY = {
+    ("densenet40_12", "kdcl"): 72.52, ("resnet32", "kdcl"): 73.76, ("vgg16", "kdcl"): 75.67, ("resnet110", "kdcl"): 78.28,
+    ("densenet40_12", "pcl"): 73.09, ("resnet32", "pcl"): 74.14, ("vgg16", "pcl"): 76.89, ("resnet110", "pcl"): 79.98,
+    ("resnet32", "mcl"): 74.04, ("resnet110", "mcl"): 78.82, ("hcgnet_a1", "mcl"): 79.50,
+}
+TINY = ["--dataset", "synthetic", "--synthetic-train", "16", "--synthetic-test", "8", "--synthetic-classes", "4",
+        "--synthetic-size", "16", "--batch-size", "8", "--epochs", "1", "--device", "cpu", "--quiet"]
+
+
+def test_published_cells_are_the_error_of_the_published_accuracy() -> None:
+    for arch in ("densenet40_12", "resnet32", "vgg16", "resnet110", "hcgnet_a1"):
+        for method in ("kdcl", "pcl", "mcl"):
+            single, ens = paper_figures("successors", arch, method)
+            accuracy = PUBLISHED_ACCURACY.get((arch, method))
+            assert ens is None
+            assert single == (None if accuracy is None else pytest.approx(100 - accuracy, abs=1e-9)), (arch, method)
+    assert (published_peers("kdcl"), published_peers("pcl"), published_peers("mcl")) == (3, 3, 4)
+
+
+def test_reproduce_successors_prints_every_published_cell_with_its_peer_count(capsys: pytest.CaptureFixture[str]) -> None:
+    from okd.cli.train import config_from_args
+    from okd.engine.recipe import resolve_config
+
+    assert main(["reproduce", "--table", "successors", "--seeds", "0", "1", "--data", "/data/c100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# 32 runs for table successors") and "--table successors" in lines[0]
+    parser = build_parser()
+    cells = set()
+    for command in lines[1:]:
+        cfg = resolve_config(config_from_args(parser.parse_args(shlex.split(command)[1:])))
+        cells.add((cfg.arch, cfg.method, cfg.seed))
+        expected = 1 if cfg.method == "baseline" else published_peers(cfg.method)
+        assert cfg.num_peers == expected and cfg.dataset == "cifar100"
+    assert {(a, m) for a, m, _ in cells} == set(PUBLISHED_ACCURACY) | {(a, "baseline") for a, _ in PUBLISHED_ACCURACY}
+    assert main(["reproduce", "--table", "successors", "--method", "one"]) == 2
+    assert "not in table successors" in capsys.readouterr().err
+
+
+def test_report_shows_the_successors_table_from_real_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "runs"
+    for method, peers in (("baseline", 1), ("kdcl", 2), ("pcl", 2), ("mcl", 2)):
+        assert main(Job(method, "resnet32", "synthetic", 0, num_peers=peers).train_args(root, None, TINY)) == 0
+    capsys.readouterr()
+    assert main(["report", str(root), "--format", "json", "--arch", "resnet32"]) == 0
+    tables = json.loads(capsys.readouterr().out)["tables"]
+    successors = next(t for t in tables if t["table"] == "successors")
+    cells = next(r for r in successors["rows"] if r["arch"] == "resnet32")["cells"]
+    for method in ("kdcl", "pcl", "mcl"):
+        summary = json.loads((Job(method, "resnet32", "synthetic", 0).out(root) / "summary.json").read_text())
+        assert cells[method]["top1_mean"] == summary["last"]["deployed"]["top1"]
+        assert cells[method]["ens_top1_mean"] == summary["last"]["ensemble"]["top1"] and cells[method]["n"] == 1
+    assert main(["report", str(root), "--table", "successors", "--arch", "resnet32", "--paper"]) == 0
+    out = capsys.readouterr().out
+    assert "Methods after MCL-OKD" in out and "PCL (Ens) paper" in out and "not comparable" in out
