@@ -138,7 +138,7 @@ def train_job(job: dict[str, Any], rank: int) -> None:
         "stdout": out.getvalue(),
         "stderr": err.getvalue(),
         "bn_types": bn_types,
-        "optimiser_sees_model": optimised == {id(p) for p in trainer.method.parameters()},
+        "optimiser_sees_model": optimised == {id(p) for p in trainer.method.trainable_parameters()},
     })
     okd_dist.barrier()  # the next job must not start before every rank has finished this one
 

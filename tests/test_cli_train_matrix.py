@@ -19,9 +19,9 @@ import torch
 
 from okd.cli.main import main
 from okd.methods import build_method
-from okd.models import count_params, create_backbone
+from okd.models import Cohort, count_params, create_backbone
 
-METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
+METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd", "kdcl", "pcl", "mcl")
 BACKBONES = ("resnet32", "resnet110", "densenet40_12", "vgg16", "hcgnet_a1")
 CLASSES, FEAT_DIM = 3, 128
 PEERS = {method: 1 if method == "baseline" else 2 for method in METHODS}
@@ -31,6 +31,9 @@ FAST = {
     ("cl_ilr", "densenet40_12", 3),
     ("dml", "vgg16", 2),
     ("mcl_okd", "hcgnet_a1", 2),
+    ("kdcl", "densenet40_12", 2),
+    ("pcl", "hcgnet_a1", 2),
+    ("mcl", "resnet110", 2),
 }
 SLOW = {(method, arch, PEERS[method]) for method in METHODS for arch in BACKBONES if (method, arch, 3) not in FAST} - FAST
 
@@ -45,11 +48,22 @@ def one_thread() -> Iterator[None]:
 
 
 def expected_training_params(method: str, arch: str, num_peers: int) -> int:
-    """The cohort with its heads the method builds (MCL-OKD: DML's cohort + one Linear(d, 128) per peer)."""
+    """The cohort with its heads the method builds, from the cohort alone plus each method's heads:
+    MCL-OKD: DML's cohort + one Linear(d, 128) per peer; KDCL: independent peers; PCL: (ONE's late-shared
+    cohort + the fused Linear(N*d, C)) twice, students and their frozen EMA copy; MCL: independent peers
+    for 2 (early-shared otherwise) + a Linear(d,128)-ReLU-Linear(128,128) head per peer."""
     with torch.device("meta"):
+        d = create_backbone(arch, CLASSES).feature_dim
+        cohort = lambda share: count_params(Cohort(lambda: create_backbone(arch, CLASSES), num_peers, share))  # noqa: E731
         if method == "mcl_okd":
-            d = create_backbone(arch, CLASSES).feature_dim
-            return count_params(build_method("dml", arch, CLASSES, num_peers)) + num_peers * (d * FEAT_DIM + FEAT_DIM)
+            return cohort("early") + num_peers * (d * FEAT_DIM + FEAT_DIM)
+        if method == "kdcl":
+            return cohort("none")
+        if method == "pcl":
+            return 2 * (cohort("late") + num_peers * d * CLASSES + CLASSES)
+        if method == "mcl":
+            head = d * FEAT_DIM + FEAT_DIM + FEAT_DIM * FEAT_DIM + FEAT_DIM
+            return cohort("none" if num_peers == 2 else "early") + num_peers * head
         return count_params(build_method(method, arch, CLASSES, num_peers))
 
 
@@ -67,6 +81,8 @@ def check_run(out: Path, summary: dict, method: str, arch: str, num_peers: int) 
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(record["train"]["total"]) and record["train"]["total"] > 0
     heads = {f"peer{i}" for i in range(num_peers)} | {"peer_mean", "deployed", "ensemble"}
+    if method == "pcl":  # its EMA peers (the deployed networks) and fused heads
+        heads |= {f"ema{i}" for i in range(num_peers)} | {"fused", "ema_fused"}
     assert set(record["test"]) == heads
     assert all(0 <= e["top1"] <= 100 for e in record["test"].values())
     assert summary["params"]["deployed"] == count_params(create_backbone(arch, CLASSES))

@@ -54,7 +54,12 @@ SINGLE_VS_DDP = {  # name: options; each compared single process vs 2 ranks with
     "cl_ilr": ["--method", "cl_ilr", "--num-peers", "2", "--epochs", "1"],
     "one": ["--method", "one", "--num-peers", "2", "--epochs", "1"],
     "okddip": ["--method", "okddip", "--num-peers", "3", "--epochs", "1"],
+    "kdcl": ["--method", "kdcl", "--num-peers", "2", "--epochs", "1"],  # one augmented view per peer
+    "pcl": ["--method", "pcl", "--num-peers", "2", "--epochs", "1"],  # views, fused head, EMA peers
 }
+# MCL's contrastive terms are in-batch, so 2 ranks x 4 samples compute other terms than 1 x 8: it is
+# checked to train under torchrun with its m-per-class batches split pair-preserving, ranks in step.
+MCL_DDP = ["--method", "mcl", "--num-peers", "2", "--epochs", "1"]
 ATOL = 1e-8  # float64 runs agree to ~1e-13 (float32 single-process noise alone would be ~1e-7 per step)
 
 
@@ -100,6 +105,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for dump, out, extra in (("mcl_full", "mcl_full", ["--epochs", "2"]), ("mcl_split1", "mcl_split", ["--epochs", "1"]),
                              ("mcl_split", "mcl_split", ["--epochs", "2", "--resume"])):
         jobs.append({"kind": "train", "argv": [*full, *extra, "--out", str(base / "ddp" / out)], "dump": str(base / "dump" / dump)})
+    jobs.append({"kind": "train", "argv": [*TINY, *MCL_DDP, "--quiet", "--out", str(base / "ddp" / "mcl")],
+                 "dump": str(base / "dump" / "mcl")})
     checkpoint = str(base / "single" / "baseline" / "last.pt")
     jobs.append({"kind": "eval", "checkpoint": checkpoint, "eval_batch_size": 4, "dump": str(base / "dump" / "eval")})
     (base / "jobs.json").write_text(json.dumps(jobs))
@@ -148,6 +155,15 @@ def test_mcl_okd_banks_are_gathered_from_every_rank(runs: Path) -> None:
     single = load_checkpoint(runs / "single" / "mcl_okd" / "last.pt")["model"]["memory"]
     ddp = dumps(runs / "dump" / "mcl_okd")[1]["state"]["memory"]  # rank 1's own copy
     assert float((ddp - single).abs().max()) < ATOL
+
+
+def test_mcl_trains_under_torchrun_with_ranks_in_step(runs: Path) -> None:
+    per_rank = dumps(runs / "dump" / "mcl")
+    assert all(dump["rc"] == 0 and dump["optimiser_sees_model"] for dump in per_rank)
+    assert max_diff(per_rank[0]["state"], per_rank[1]["state"]) == 0  # DDP kept the ranks' models identical
+    summary = json.loads((runs / "ddp" / "mcl" / "summary.json").read_text())
+    assert summary["finished"] and summary["method"] == "mcl"
+    assert all(v > 0 for v in records(runs / "ddp" / "mcl")[-1]["train"].values())
 
 
 def test_evaluation_shards_cover_the_test_set_exactly(runs: Path) -> None:
