@@ -2,7 +2,7 @@
 # Every method on the few-label digits setting, over seeds: the README's method comparison.
 #
 # 10 labelled training images per class (--train-per-class 10: a fixed subset, the same for every
-# seed), the full 360-image test set, ResNet-32, 3 peers for every online method, 40 epochs,
+# seed), the full 360-image test set, ResNet-32, 2 peers for every online method, 30 epochs,
 # batch 20 (MCL's m-per-class batches need batch <= 2 x 10 classes), lr 0.02 cosine, wd 5e-4.
 # Runs go to ROOT/digits/resnet32/<method>/seed<k>, the layout `okd report` reads.
 #
@@ -12,10 +12,10 @@ set -euo pipefail
 ROOT=${1:-runs/few_label}
 JOBS=${2:-2}
 SEEDS=${3:-0 1 2}
-COMMON="--arch resnet32 --dataset digits --train-per-class 10 --epochs 40 --batch-size 20 --lr 0.02 --wd 5e-4 --quiet --device cpu"
+COMMON="--arch resnet32 --dataset digits --train-per-class 10 --epochs 30 --batch-size 20 --lr 0.02 --wd 5e-4 --quiet --device cpu"
 for seed in $SEEDS; do
   for method in baseline dml cl_ilr one okddip mcl_okd kdcl pcl mcl; do
-    peers=3; extra=""
+    peers=2; extra=""
     [ "$method" = baseline ] && peers=1
     [ "$method" = mcl_okd ] && extra="--nce-k 64"   # 90 images of other classes: the reference's 256 does not fit
     out="$ROOT/digits/resnet32/$method/seed$seed"
