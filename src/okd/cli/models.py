@@ -6,6 +6,7 @@ import argparse
 import json
 
 from okd.cli.tables import format_table
+from okd.plugins import add_plugin_argument, import_plugins
 
 from okd.models import SHARE_MODES, Cohort, count_macs, count_params, create_backbone, list_backbones, resolve_backbone_name
 
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-peers", type=int, help="also size a cohort of N peers")
     p.add_argument("--share", choices=SHARE_MODES, default="early", help="what the cohort's peers share (default: early)")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    add_plugin_argument(p, saved_too=False)
     p.set_defaults(run=run)
 
 
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_peers is not None and args.num_peers < 1:
         raise OKDUserError(f"--num-peers must be >= 1, got {args.num_peers}")
+    import_plugins(args.plugins)
     names = [resolve_backbone_name(a) for a in args.arch] if args.arch else list_backbones()
     rows = [describe(n, args.num_classes, args.num_peers, args.share) for n in names]
     if args.format == "json":

@@ -26,6 +26,7 @@ class TrainConfig:
     arch: str = "resnet32"
     num_peers: int | None = None  # recipe: 1 for baseline, 4 for every OKD method
     share: str | None = None  # none | early | late | tree; default: the method's own
+    plugins: list[str] | None = None  # modules imported first: they register the user's backbones/methods
     # data
     dataset: str = "digits"
     data: str | None = None
@@ -149,8 +150,11 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
             return float(value)
         if kind.startswith("list"):
             if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split()]
-            return [int(v) for v in value]
+                value = value.replace(",", " ").split()
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            item = re.match(r"list\[(\w+)\]", kind)
+            return [_coerce(name, item.group(1) if item else "str", v) for v in value]
         return str(value)
     except (TypeError, ValueError):
         raise OKDUserError(f"option {name} has an invalid value {value!r} (expected {kind})") from None

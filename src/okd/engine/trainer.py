@@ -247,11 +247,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         resume_state = self._load_resume_state()
         self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist)
-        if self.is_main:
-            self.run.prepare(resume=self.resume, overwrite=self.overwrite)
+        took_over = self.run.prepare(resume=self.resume, overwrite=self.overwrite) if self.is_main else None
         okd_dist.barrier()
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
+        if took_over:
+            self.notices.append(took_over)
         single = create_backbone(cfg.arch, self.spec.num_classes)
         self.sizes = (count_params(single), count_params(self.method), count_macs(single, self.spec.input_size))
         model: nn.Module = self.method
@@ -319,6 +320,13 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        """Train to ``cfg.epochs``; the run folder's lock is held from set-up to the last write, whatever ends the run."""
+        try:
+            return self._fit()
+        finally:
+            self.run.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         self.setup()
         cfg = self.cfg
         if self.is_main:

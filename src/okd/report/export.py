@@ -60,9 +60,11 @@ def load_method(path: str | Path) -> Loaded:
     from okd.engine.checkpoint import load_checkpoint
     from okd.engine.config import METHOD_OPTIONS, config_from_mapping
     from okd.methods import build_method
+    from okd.plugins import import_plugins
 
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
+    import_plugins(cfg.plugins)  # the user's backbones/methods the run was trained with
     weights: dict[str, torch.Tensor] = state["model"]
     if _CLASSIFIER_KEY not in weights:
         raise OKDUserError(f"{path}: no classifier weight {_CLASSIFIER_KEY!r} in the checkpoint's model")
@@ -113,6 +115,15 @@ def peer_network(method: Any, index: int, num_classes: int) -> nn.Module:
     net = create_backbone(method.backbone_name, num_classes)
     net.load_state_dict(method.cohort.peer_state_dict(index), strict=True)
     return net.eval()
+
+
+def peer_module(loaded: Loaded, peer: str = "deployed") -> nn.Module:
+    """One peer of a loaded checkpoint as the plain backbone, in eval mode on the CPU (``okd.load_peer``)."""
+    index = peer_index(loaded.method, peer)
+    if index is None:
+        raise OKDUserError("the ensemble is not one network: pick a peer, or export it with "
+                           "`okd export --peer ensemble --format torchscript`")
+    return peer_network(loaded.method, index, loaded.num_classes)
 
 
 class EnsembleNet(nn.Module):
