@@ -75,7 +75,7 @@ class RunLock:
         for _ in range(50):
             try:
                 text = self.path.read_text()
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # no folder, or no lock in it
                 return None
             except OSError as exc:
                 raise OKDUserError(f"cannot read the lock file {self.path}: {exc.strerror or exc}") from None
