@@ -40,7 +40,7 @@ m.DML.losses = _pausing
 """
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 300.0) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 900.0) -> None:
     """Poll ``predicate`` until it holds; the timeout only guards against a hung child."""
     deadline = time.monotonic() + timeout
     while not predicate():

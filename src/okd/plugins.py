@@ -44,8 +44,7 @@ def import_plugins(names: Iterable[str] | None) -> None:
             raise OKDUserError(f"cannot import plugin {name!r}: {exc.msg} ({exc.filename}, line {exc.lineno})") from None
 
 
-def add_plugin_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, saved_too: bool = True) -> None:
-    """The ``--plugin`` flag, the same for every subcommand."""
-    also = " (the plugins a run was trained with are imported from its checkpoint as well)" if saved_too else ""
+def add_plugin_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, note: str = "") -> None:
+    """The ``--plugin`` flag, the same for every subcommand (``note``: what this command adds)."""
     parser.add_argument("--plugin", dest="plugins", action="append", metavar="MODULE",
-                        help=f"import this module first, to register your own backbones/methods (repeatable){also}")
+                        help=f"import this module first, to register your own backbones/methods (repeatable){note}")

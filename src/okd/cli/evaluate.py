@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--limit-batches", type=int, help="evaluate at most N batches")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    add_plugin_argument(p)
+    add_plugin_argument(p, "; the run's own plugins are imported anyway")
     p.set_defaults(run=run_eval)
 
 

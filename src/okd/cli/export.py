@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", default="deployed", help="deployed (default) | ensemble | a peer index")
     p.add_argument("--format", default="state_dict", choices=("state_dict", "torchscript", "onnx"))
     p.add_argument("--out", required=True, help="file to write (e.g. model.pt, model.ts, model.onnx)")
-    add_plugin_argument(p)
+    add_plugin_argument(p, "; the run's own plugins are imported anyway")
     p.set_defaults(run=run)
 
 

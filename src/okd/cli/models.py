@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-peers", type=int, help="also size a cohort of N peers")
     p.add_argument("--share", choices=SHARE_MODES, default="early", help="what the cohort's peers share (default: early)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    add_plugin_argument(p, saved_too=False)
+    add_plugin_argument(p)
     p.set_defaults(run=run)
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from okd.errors import OKDUserError
-from okd.plugins import import_plugins
+from okd.plugins import add_plugin_argument, import_plugins
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,9 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="last epoch (default) or best epoch per head (selected on the test set: optimistic)")
     p.add_argument("--paper", action="store_true", help="show the original paper's figures and our difference")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the tables as a bar chart (needs okd[plot])")
-    p.add_argument("--plugin", dest="plugins", action="append", metavar="MODULE",
-                   help="import this module first (repeatable); the runs' own plugins are imported when they can be, "
-                   "so that their backbones are sized and --arch knows them")
+    add_plugin_argument(p, "; the runs' own plugins are imported where they can be, so --arch and the sizes know them")
     p.set_defaults(run=run)
 
 

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32); default resnet32")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int, help="peers in the cohort (default 4; baseline 1)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's)")
-    add_plugin_argument(what, saved_too=False)
+    add_plugin_argument(what, "; saved with the run, so eval, export and --resume import it again")
 
     data = p.add_argument_group("data")
     data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | imagenet | synthetic")

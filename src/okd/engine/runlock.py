@@ -100,8 +100,6 @@ class RunLock:
             raise OKDUserError(
                 f"{self.folder} is locked by a run on another machine: {holder}{command}; okd cannot check whether it is "
                 f"still alive: if it is not, delete {self.path} and retry")
-        if self.held and record.get("pid") == os.getpid():
-            return None
         if process_alive(record["pid"], record.get("process_start")):
             raise OKDUserError(f"{self.folder} is in use by a live run: {holder}{command}; wait for it to finish, "
                                "stop it, or use another --out")
