@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 import yaml
 from hypothesis import strategies as st
+
+from process_helpers import okd_process as run_in_child
+from process_helpers import pause_prelude, wait_for
 
 from okd.cli.main import main
 from okd.engine.checkpoint import load_checkpoint
@@ -26,10 +28,7 @@ TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test",
 
 
 def okd_process(out: Path, *extra: str, prelude: str = "") -> subprocess.Popen:
-    """`okd train` in a child process (optionally after some Python that patches the engine)."""
-    code = f"{prelude}\nimport sys\nfrom okd.cli.main import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, "train", *TINY, "--out", str(out), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return run_in_child([*TINY, "--out", str(out), *extra], prelude=prelude)
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -46,27 +45,19 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _wait_for(predicate, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.05)
-
-
 def test_sigterm_mid_epoch_saves_and_resumes_exactly(tmp_path: Path, uninterrupted: Path) -> None:
     out = tmp_path / "run"
-    # Slow each step a little so the signal lands mid-epoch, after the first epoch ended.
-    slow = "import time, okd.methods.dml as m\n_l = m.DML.losses\nm.DML.losses = lambda *a: (time.sleep(0.05), _l(*a))[1]"
-    proc = okd_process(out, "--epochs", "3", prelude=slow)
-    _wait_for(lambda: len(read_metrics(out / "metrics.jsonl")) >= 1)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc = okd_process(out, "--epochs", "3", prelude=pause_prelude(tmp_path, epoch=1, step=2))
+    wait_for(lambda: (tmp_path / "paused").exists() or proc.poll() is not None)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)  # pending before the step runs: it finishes that step, then saves
+    (tmp_path / "go").touch()
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "Resume with: okd train --out" in stdout
     state = load_checkpoint(out / "last.pt")
-    assert state["step"] > 0, "expected a mid-epoch checkpoint"
+    assert (state["epoch"], state["step"]) == (1, 3), "expected the checkpoint of epoch 2 after its third step"
+    assert not (out / ".okd.lock").exists()  # the stopped run released its folder
     assert main(["train", *TINY, "--out", str(out), "--epochs", "3", "--resume"]) == 0
     assert_same_weights(out / "last.pt", uninterrupted / "last.pt")
     assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
@@ -120,7 +111,7 @@ c.os.fdopen = _fdopen_half
 def test_sigkill_during_checkpoint_write_leaves_a_loadable_run(tmp_path: Path, uninterrupted: Path, moment: str) -> None:
     out = tmp_path / "run"
     proc = okd_process(out, "--epochs", "3", prelude=_STALL[moment])
-    _wait_for(lambda: (out / "stalled").exists() or proc.poll() is not None)
+    wait_for(lambda: (out / "stalled").exists() or proc.poll() is not None)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -130,7 +121,10 @@ def test_sigkill_during_checkpoint_write_leaves_a_loadable_run(tmp_path: Path, u
     assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the previous checkpoint, intact
     lines = (out / "metrics.jsonl").read_text()
     assert lines.endswith("\n") and [json.loads(line)["epoch"] for line in lines.splitlines()] == [1, 2]
+    assert (out / ".okd.lock").exists()  # a killed run cannot release its folder...
     assert main(["train", *TINY, "--out", str(out), "--epochs", "3", "--resume"]) == 0
+    assert f"took over the lock of a run that is no longer alive (pid {proc.pid}@" in (out / "train.log").read_text()
+    assert not (out / ".okd.lock").exists()  # ...the resumed run took it over and released it
     assert_same_weights(out / "last.pt", uninterrupted / "last.pt")
     assert [r["epoch"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
 
@@ -138,8 +132,8 @@ def test_sigkill_during_checkpoint_write_leaves_a_loadable_run(tmp_path: Path, u
 def test_sigkill_at_a_random_moment(tmp_path: Path, uninterrupted: Path) -> None:
     out = tmp_path / "run"
     proc = okd_process(out, "--epochs", "3")
-    _wait_for(lambda: (out / "last.pt").exists())
-    time.sleep(0.3)
+    wait_for(lambda: (out / "last.pt").exists() or proc.poll() is not None)
+    time.sleep(0.3)  # some moment after the first save; the assertions hold wherever it lands, even after the end
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     load_checkpoint(out / "last.pt")

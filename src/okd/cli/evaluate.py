@@ -6,23 +6,27 @@ import argparse
 import json
 
 from okd.cli.tables import format_table
+from okd.plugins import add_plugin_argument, import_plugins
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on its test set",
                        description="Evaluate a checkpoint written by `okd train` (best.pt or last.pt).")
     p.add_argument("--checkpoint", required=True, help="path to best.pt / last.pt")
+    p.add_argument("--dataset", help="evaluate on another dataset with the same classes (default: the training one)")
     p.add_argument("--data", help="dataset location, if it moved since training; for --dataset folder any folder "
                    "whose val/<class> names are among the run's classes (labels follow the names)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--limit-batches", type=int, help="evaluate at most N batches")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    add_plugin_argument(p, "; the run's own plugins are imported anyway")
     p.set_defaults(run=run_eval)
 
 
 def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto", batch_size: int | None = None,
-                        limit_batches: int | None = None) -> dict:
+                        limit_batches: int | None = None, dataset: str | None = None) -> dict:
+    """The errors of every peer, the peer mean, the deployed peer and the ensemble (``okd eval``, ``okd.evaluate``)."""
     from okd.engine.checkpoint import load_checkpoint, state_dict_mismatch
     from okd.engine.config import check_positive, config_from_mapping, replace
     from okd.engine.distributed import current
@@ -34,7 +38,14 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
     dev = resolve_device(device)
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
+    import_plugins(cfg.plugins)
     changes = {"download": False, "device": device, "pretrained": False}  # the weights come from the checkpoint
+    if dataset is not None:
+        from okd.data import DATASETS
+
+        if dataset not in DATASETS:
+            raise OKDUserError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+        changes["dataset"] = dataset
     if data is not None:
         changes["data"] = data
     if batch_size is not None:
@@ -64,7 +75,8 @@ def head_label(head: str, peer_archs: list[str]) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.limit_batches)
+    import_plugins(args.plugins)
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.limit_batches, args.dataset)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from okd.plugins import add_plugin_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a peer or the ensemble of a checkpoint",
@@ -18,12 +20,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", default="deployed", help="deployed (default) | ensemble | a peer index")
     p.add_argument("--format", default="state_dict", choices=("state_dict", "torchscript", "onnx"))
     p.add_argument("--out", required=True, help="file to write (e.g. model.pt, model.ts, model.onnx)")
+    add_plugin_argument(p, "; the run's own plugins are imported anyway")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from okd.plugins import import_plugins
     from okd.report.export import export_checkpoint
 
+    import_plugins(args.plugins)
     result = export_checkpoint(args.checkpoint, args.peer, args.format, args.out)
     meta = result.meta
     what = "ensemble" if meta["peer"] == "ensemble" else f"peer {meta['peer']}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-
 from functools import partial
 
 import torch
@@ -23,6 +22,7 @@ from okd.models import (
     list_backbones,
     parse_arch,
 )
+from okd.plugins import add_plugin_argument, import_plugins
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-peers", type=int, help="also size a cohort of N peers (--arch a,b: must match the number of names)")
     p.add_argument("--share", choices=SHARE_MODES, help="what the cohort's peers share (default: early; none for --arch a,b)")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    add_plugin_argument(p)
     p.set_defaults(run=run)
 
 
@@ -112,6 +113,7 @@ def _cohort_table(row: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.num_peers is not None and args.num_peers < 1:
         raise OKDUserError(f"--num-peers must be >= 1, got {args.num_peers}")
+    import_plugins(args.plugins)
     archs = [parse_arch(a) for a in args.arch] if args.arch else [[name] for name in list_backbones()]
     rows = [describe_cohort(names, args.num_classes, args.num_peers, args.share) if len(names) > 1
             else describe(names[0], args.num_classes, args.num_peers, args.share or "early", stages=bool(args.arch))

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from okd.errors import OKDUserError
+from okd.plugins import add_plugin_argument, import_plugins
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="last epoch (default) or best epoch per head (selected on the test set: optimistic)")
     p.add_argument("--paper", action="store_true", help="show the original paper's figures and our difference")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the tables as a bar chart (needs okd[plot])")
+    add_plugin_argument(p, "; the runs' own plugins are imported where they can be, so --arch and the sizes know them")
     p.set_defaults(run=run)
 
 
@@ -45,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     for path, why in collection.skipped:
         print(f"okd report: skipped {path}: {why}", file=sys.stderr)
     runs = collection.runs
+    import_plugins(args.plugins)
+    _import_saved_plugins(runs)
     if not runs:
         raise OKDUserError(f"no finished runs in {' '.join(args.runs)} ({len(collection.skipped)} skipped)")
     present = dataset_order({r.dataset for r in runs})
@@ -78,3 +82,12 @@ def run(args: argparse.Namespace) -> int:
         path = plot_tables(tables, args.plot)
         print(f"okd report: wrote {path}", file=sys.stderr)
     return 0
+
+
+def _import_saved_plugins(runs: list) -> None:
+    """A report needs no model, so a run's plugin that is gone is a note, not an error."""
+    for name in dict.fromkeys(p for run in runs for p in (run.config.get("plugins") or [])):
+        try:
+            import_plugins([name])
+        except OKDUserError as exc:
+            print(f"okd report: note: {exc}", file=sys.stderr)

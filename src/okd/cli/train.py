@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from okd.engine.config import TrainConfig, config_from_mapping, load_yaml_config
+from okd.engine.config import TrainConfig
+from okd.plugins import add_plugin_argument
 
 SUPPRESS = argparse.SUPPRESS
 
@@ -44,6 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       "(default: the backbone's last feature stage)")
     _bool_pair(what, "pretrained", "timm:/tv: backbones: start every peer from the library's pretrained weights, "
                "from the local cache only (never downloaded)")
+    add_plugin_argument(what, "; saved with the run, so eval, export and --resume import it again")
 
     data = p.add_argument_group("data")
     data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic")
@@ -129,27 +131,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_train)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < --config YAML < flags; the recipe is filled later by resolve_config."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_yaml_config(args.config))
-    given = {k: v for k, v in vars(args).items() if k not in ("config", "out", "resume", "overwrite", "quiet", "run", "command", "gpu")}
+NOT_OPTIONS = ("config", "out", "resume", "overwrite", "quiet", "run", "command", "gpu")
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig options given on the command line (``--gpu N`` is ``device="cuda:N"``)."""
+    given = {k: v for k, v in vars(args).items() if k not in NOT_OPTIONS}
     if getattr(args, "gpu", None) is not None:
         given["device"] = f"cuda:{args.gpu}"
-    values.update(given)
-    return config_from_mapping(values)
+    return given
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < --config YAML < flags; the recipe is filled later (``train_config``, as ``okd.train`` does)."""
+    from okd.engine.options import given_config
+
+    return given_config(options_from_args(args), getattr(args, "config", None))
+
+
+def _resolved_config(args: argparse.Namespace) -> TrainConfig:
+    from okd.engine.options import train_config
+
+    resume_from = getattr(args, "out", None) if getattr(args, "resume", False) else None
+    return train_config(options_from_args(args), config_file=getattr(args, "config", None), resume_from=resume_from)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from okd.engine import distributed as okd_dist
-    from okd.engine.recipe import resolve_config
+    from okd.engine.options import default_run_folder
     from okd.engine.trainer import Trainer, TrainingInterrupted
 
-    cfg = resolve_config(config_from_args(args))
-    from okd.models import arch_label
-
-    out = Path(getattr(args, "out", None) or f"runs/{cfg.method}_{arch_label(cfg.arch)}_{cfg.dataset}_s{cfg.seed}")
+    cfg = _resolved_config(args)
+    out = Path(getattr(args, "out", None) or default_run_folder(cfg))
     with okd_dist.process_group(cfg.device):
         trainer = Trainer(cfg, out, resume=getattr(args, "resume", False), overwrite=getattr(args, "overwrite", False),
                           quiet=getattr(args, "quiet", False))

@@ -29,6 +29,7 @@ class TrainConfig:
     early: str | None = None  # stage where DML/MCL-OKD peers stop sharing; default: the backbone's
     late: str | None = None  # stage where ONE/OKDDip peers stop sharing; default: the backbone's
     pretrained: bool = False  # timm:/tv: backbones: start every peer from locally cached weights
+    plugins: list[str] | None = None  # modules imported first: they register the user's backbones/methods
     # data
     dataset: str = "digits"
     data: str | None = None
@@ -172,8 +173,11 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
             return float(value)
         if kind.startswith("list"):
             if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split()]
-            return [int(v) for v in value]
+                value = value.replace(",", " ").split()
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            item = re.match(r"list\[(\w+)\]", kind)
+            return [_coerce(name, item.group(1) if item else "str", v) for v in value]
         return str(value)
     except (TypeError, ValueError):
         raise OKDUserError(f"option {name} has an invalid value {value!r} (expected {kind})") from None

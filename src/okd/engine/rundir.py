@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
+from okd.engine.runlock import RunLock
 from okd.errors import OKDUserError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "train.log", "data.json")
@@ -21,6 +22,7 @@ WORK_FILES = ("metrics.jsonl", "last.pt", "best.pt")
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.lock = RunLock(self.path)
 
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
@@ -34,24 +36,36 @@ class RunDir:
         return any((self.path / name).exists() for name in WORK_FILES)
 
     def check(self, *, resume: bool, overwrite: bool) -> None:
-        """Refuse to clobber an existing run unless asked, or to resume nothing; creates nothing."""
+        """Refuse a folder a live run is using, to clobber an existing run unless asked, or to resume
+        nothing; creates nothing."""
+        self.lock.check()
         if resume and not self.last.exists():
             raise OKDUserError(f"nothing to resume in {self.path}: no last.pt there (start a new run without --resume)")
         if not resume and not overwrite and self.holds_run():
             raise OKDUserError(f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
 
-    def prepare(self, *, resume: bool, overwrite: bool) -> None:
-        """Create the folder (after check), clear what a new run replaces, check it is writable.
+    def prepare(self, *, resume: bool, overwrite: bool) -> str | None:
+        """Create the folder (after check), take its lock, clear what a new run replaces.
 
-        Temp files that a ``kill -9`` during an atomic write left behind are deleted too (only
-        those of the run's own files, named as the writer names them).
+        The lock is taken before anything in the folder is deleted or written, so a run refused
+        because another one holds the folder touches nothing. Temp files that a ``kill -9`` during
+        an atomic write left behind are deleted too (only those of the run's own files, named as
+        the writer names them). Returns the note to log when the lock of a dead run was taken over.
         """
         self.check(resume=resume, overwrite=overwrite)
-        try:  # writability first: a read-only folder must lose nothing, not half of an --overwrite
+        created = not self.path.exists()
+        try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".okd-write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
+            note = self.lock.acquire()  # also the writability check: a read-only folder loses nothing
+        except OSError as exc:
+            if created:
+                _remove_if_empty(self.path)
+            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
+        except OKDUserError:  # another run took the folder between our check and here
+            if created:
+                _remove_if_empty(self.path)
+            raise
+        try:
             if not resume:
                 for name in RUN_FILES:
                     (self.path / name).unlink(missing_ok=True)
@@ -59,7 +73,9 @@ class RunDir:
                 for stale in self.path.glob(f"{temp_prefix(name)}*{TEMP_SUFFIX}"):
                     stale.unlink(missing_ok=True)
         except OSError as exc:
+            self.lock.release()
             raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
+        return note
 
     def write_config(self, plain: dict[str, Any]) -> None:
         self._write_text(self.config, yaml.safe_dump(plain, sort_keys=False))
@@ -99,6 +115,14 @@ class RunDir:
                 os.close(fd)
         except OSError as exc:
             raise OKDUserError(f"could not write {path}: {exc.strerror or exc}") from None
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Undo our mkdir, never anything another run put there meanwhile (rmdir fails on a non-empty folder)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

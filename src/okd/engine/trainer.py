@@ -298,12 +298,15 @@ class Trainer:
         resume_state = self._load_resume_state()
         data_manifest = resume_state.get("data") if resume_state is not None else None
         self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist, data_manifest)
+        took_over = None
         if self.is_main:
-            self.run.prepare(resume=self.resume, overwrite=self.overwrite)
+            took_over = self.run.prepare(resume=self.resume, overwrite=self.overwrite)
             self.run.write_data(self.spec.manifest)
         okd_dist.barrier()
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
+        if took_over:
+            self.notices.append(took_over)
         if resolve_sampler(cfg) == "m_per_class":
             self.notices.append(f"sampler m_per_class: every batch holds {cfg.batch_size // cfg.m_per_class} random classes "
                                 f"x {cfg.m_per_class} samples, drawn afresh per batch")
@@ -375,6 +378,13 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        """Train to ``cfg.epochs``; the run folder's lock is held from set-up to the last write, whatever ends the run."""
+        try:
+            return self._fit()
+        finally:
+            self.run.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         self.setup()
         cfg = self.cfg
         if self.is_main:

@@ -18,6 +18,12 @@ METHOD_ALIASES = {"mcl-okd": "mcl_okd", "mclokd": "mcl_okd", "cl-ilr": "cl_ilr",
 
 
 def register_method(cls: type[OKDMethod]) -> type[OKDMethod]:
+    """Class decorator: make an :class:`OKDMethod` subclass trainable as ``--method <cls.name>``.
+
+    The class sets ``name`` (and may set ``default_share``, ``allowed_shares``, ``min_peers``) and
+    implements ``losses``; its ``__init__`` receives the okd options it names (``kd_t``, ``alpha``, ...).
+    A user's method lives in a plugin module (README: "Your own model and data").
+    """
     if not cls.name or cls.name in _METHODS:
         raise ValueError(f"method name {cls.name!r} is empty or registered twice")
     _METHODS[cls.name] = cls

@@ -27,7 +27,12 @@ _ALIASES: dict[str, str] = {}
 def register_backbone(
     name: str, *, default_num_classes: int = 100, aliases: tuple[str, ...] = ()
 ) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Register ``factory(num_classes=...) -> Backbone`` under ``name`` (and the reference's spellings)."""
+    """Register ``factory(num_classes=...) -> Backbone`` under ``name`` (and the reference's spellings).
+
+    The factory builds a fresh :class:`Backbone` (named stages ending in ``fc``, the pooled feature
+    just before it, ``early``/``late`` branch points); every method can then train a cohort of it.
+    A user's backbone lives in a plugin module (README: "Your own model and data").
+    """
 
     def decorate(factory: BackboneFactory) -> BackboneFactory:
         if name in _BACKBONES:

@@ -63,9 +63,11 @@ def load_method(path: str | Path) -> Loaded:
     from okd.engine.trainer import backbone_options_of
     from okd.methods import build_method
     from okd.models import backbone_options
+    from okd.plugins import import_plugins
 
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
+    import_plugins(cfg.plugins)  # the user's backbones/methods the run was trained with
     weights: dict[str, torch.Tensor] = state["model"]
     classifier = [k for k in weights if k.startswith(_CLASSIFIER_STAGE) and k.endswith("weight") and weights[k].dim() == 2]
     if len(classifier) != 1:
@@ -125,6 +127,15 @@ def peer_network(method: Any, index: int, num_classes: int) -> nn.Module:
 
         raise OKDUserError(f"peer {index} does not load into {method.backbone_names[index]}: {state_dict_mismatch(exc)}") from None
     return net.eval()
+
+
+def peer_module(loaded: Loaded, peer: str = "deployed") -> nn.Module:
+    """One peer of a loaded checkpoint as the plain backbone, in eval mode on the CPU (``okd.load_peer``)."""
+    index = peer_index(loaded.method, peer)
+    if index is None:
+        raise OKDUserError("the ensemble is not one network: pick a peer, or export it with "
+                           "`okd export --peer ensemble --format torchscript`")
+    return peer_network(loaded.method, index, loaded.num_classes)
 
 
 class EnsembleNet(nn.Module):
