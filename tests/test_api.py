@@ -86,7 +86,7 @@ def test_load_peer_is_the_peer_as_a_plain_backbone(api_runs: tuple[Path, list[di
             assert isinstance(net, okd.Backbone) and not net.training
             assert all(p.device.type == "cpu" for p in net.parameters())
             assert torch.equal(net(images), cohort_logits[expected])
-    with pytest.raises(OKDUserError, match=r"the cohort has peers 0\.\.1"):
+    with pytest.raises(OKDUserError, match=r"the cohort has deployable peers 0\.\.1"):
         okd.load_peer(last, 2)
     with pytest.raises(OKDUserError, match="the ensemble is not one network"):
         okd.load_peer(last, "ensemble")

@@ -173,6 +173,8 @@ def run_train(args: argparse.Namespace) -> int:
                 print(f"okd train: {stop}; saved {out / 'last.pt'}.\nResume with: okd train --out {out} --resume")
             return 128 + stop.signum
     if trainer.is_main and summary["last"]:
+        from okd.models import arch_label
+
         last = summary["last"]
         print(
             f"done: {cfg.method} {arch_label(cfg.arch)} on {cfg.dataset}, {summary['epochs_done']} epochs. Test top-1 error: "
