@@ -210,3 +210,15 @@ def test_not_a_checkpoint_and_missing_onnx(checkpoints: dict[str, Path], tmp_pat
     monkeypatch.setitem(sys.modules, "onnx", None)
     code = main(["export", "--checkpoint", str(checkpoints["one"]), "--format", "onnx", "--out", str(tmp_path / "z.onnx")])
     assert code == 2 and "pip install 'okd[export]'" in capsys.readouterr().err
+
+
+def test_export_difference_counts_matching_overflow_as_equal_and_any_other_non_finite_as_a_mismatch() -> None:
+    from okd.report.export import _difference
+
+    inf, nan = float("inf"), float("nan")
+    reference = torch.tensor([[1.0, inf, nan, -inf]])
+    assert _difference(reference.clone(), reference) == 0.0  # a barely trained net overflowing identically
+    assert _difference(torch.tensor([[1.25, inf, nan, -inf]]), reference) == 0.25
+    for produced in ([1.0, -inf, nan, -inf], [1.0, inf, 0.0, -inf], [nan, inf, nan, -inf]):
+        assert _difference(torch.tensor([produced]), reference) == inf
+    assert _difference(torch.zeros(1, 3), reference) == inf  # another shape

@@ -276,7 +276,8 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     writer, runner = {"state_dict": (export_formats.save_state_dict, export_formats.run_state_dict),
                       "torchscript": (export_formats.save_torchscript, export_formats.run_torchscript),
                       "onnx": (export_formats.save_onnx, export_formats.run_onnx)}[fmt]
-    scale = float(reference.abs().max())
+    finite = reference[reference.isfinite()]
+    scale = float(finite.abs().max()) if finite.numel() else 0.0
     tolerance = TOLERANCE[fmt] * max(1.0, scale)
     temp = Path(name)
     try:
@@ -303,9 +304,14 @@ def _umask() -> int:
 
 
 def _difference(produced: torch.Tensor, reference: torch.Tensor) -> float:
+    """Largest |difference|; entries that are the same non-finite value in both (a barely trained
+    network can overflow on random input) count as equal, any other NaN or inf as a mismatch."""
     if produced.shape != reference.shape:
         return float("inf")
-    return float((produced.to(reference.dtype) - reference).abs().max())
+    produced = produced.to(reference.dtype)
+    same = (produced == reference) | (produced.isnan() & reference.isnan())
+    gap = torch.where(same, torch.zeros_like(reference), (produced - reference).abs().nan_to_num(nan=float("inf"), posinf=float("inf")))
+    return float(gap.max())
 
 
 def load_exported_backbone(path: str | Path) -> nn.Module:
