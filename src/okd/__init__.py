@@ -1,7 +1,8 @@
 """okd: online knowledge distillation for PyTorch.
 
-Train a cohort of peer networks that teach each other (DML, CL-ILR, ONE, OKDDip, MCL-OKD)
-with one generic engine over every backbone of the MCL-OKD paper.
+Train a cohort of peer networks that teach each other (DML, CL-ILR, ONE, OKDDip, MCL-OKD and their
+successors KDCL, PCL, MCL) with one generic engine over the MCL-OKD paper's backbones, any timm or
+torchvision classifier, or your own module.
 
 From Python (the same runs as the ``okd`` command)::
 
