@@ -3,7 +3,8 @@
 #
 # 10 labelled training images per class (--train-per-class 10: a fixed subset, the same for every
 # seed), the full 360-image test set, ResNet-32, 2 peers for every online method, 30 epochs,
-# batch 20 (MCL's m-per-class batches need batch <= 2 x 10 classes), lr 0.02 cosine, wd 5e-4.
+# batch 20 (MCL's m-per-class batches need batch <= 2 x 10 classes), lr 0.02 cosine, wd 5e-4;
+# OKDDip's and PCL's consistency ramp-up scaled with the schedule (80 of 300 epochs -> 8 of 30).
 # Runs go to ROOT/digits/resnet32/<method>/seed<k>, the layout `okd report` reads.
 #
 #   scripts/few_label_digits.sh [ROOT=runs/few_label] [JOBS=2] [SEEDS="0 1 2"]
@@ -18,6 +19,8 @@ for seed in $SEEDS; do
     peers=2; extra=""
     [ "$method" = baseline ] && peers=1
     [ "$method" = mcl_okd ] && extra="--nce-k 64"   # 90 images of other classes: the reference's 256 does not fit
+    # OKDDip's and PCL's 80-epoch ramp-up is 80 of 300 CIFAR epochs: scaled to 8 of these 30
+    case "$method" in okddip|pcl) extra="--rampup-epochs 8" ;; esac
     out="$ROOT/digits/resnet32/$method/seed$seed"
     [ -f "$out/summary.json" ] && grep -q '"finished": true' "$out/summary.json" && continue
     echo "okd train --method $method --num-peers $peers --seed $seed $COMMON $extra --out $out --overwrite"
