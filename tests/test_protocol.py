@@ -194,11 +194,10 @@ def test_p2_the_optimiser_skips_frozen_parameters_that_the_checkpoint_keeps(shad
                                      synthetic_train=16, synthetic_test=8, synthetic_classes=4, synthetic_size=16,
                                      batch_size=8, eval_batch_size=8, epochs=1, device="cpu"))
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
-    trainer.setup()
+    trainer.fit()  # sets up (and holds the run folder's lock) once
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert optimised == {id(p) for p in trainer.method.cohort.parameters()}
     assert not optimised & {id(p) for p in trainer.method.shadow.parameters()}
-    trainer.fit()
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert int(state["model"]["steps"]) == 2 and trainer.method.epochs_seen == [0, 0]
     for key, value in trainer.method.shadow.state_dict().items():
