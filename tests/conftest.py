@@ -18,3 +18,14 @@ def restore_torch_threads() -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a whole module of tiny-model tests (``pytestmark = usefixtures("one_thread")``):
+    threads only add synchronisation there, and OpenMP threads spinning on a busy 2-core machine make
+    such tests 10-100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,7 @@ TINY = ["--dataset", "synthetic", "--synthetic-train", "32", "--synthetic-test",
         "--synthetic-size", "16", "--batch-size", "16", "--epochs", "1", "--quiet", "--device", "cpu", "--num-peers", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and OpenMP threads on a busy machine spin (30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add spinning (conftest.py)
 
 
 @pytest.fixture(scope="module")

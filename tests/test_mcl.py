@@ -4,7 +4,6 @@ real optimisation, and the CLI (2 and 4 peers, bit-identical resume, bad options
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,7 @@ TINY = ["--method", "mcl", "--dataset", "synthetic", "--synthetic-train", "32", 
         "--quiet", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: threads only add synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add spinning (conftest.py)
 
 
 def mcl(num_peers: int = 2, classes: int = 4, **options) -> torch.nn.Module:

@@ -4,7 +4,6 @@ per-view trunk calls, and the CLI (train, bad options, resume, export of the EMA
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,7 @@ from okd.methods import build_method
 from okd.models import CohortOutput, count_params
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and OpenMP threads on a busy machine spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add spinning (conftest.py)
 
 
 def pcl(num_peers: int = 3, classes: int = 5, **opts):

@@ -9,11 +9,9 @@ import re
 import shlex
 import shutil
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from okd.cli.main import build_parser, main
 from okd.report.paper import paper_results
@@ -72,13 +70,7 @@ def test_paper_json_matches_readme_tables() -> None:
     assert len(paper["ablation"]) == 5 and len(paper["cifar100"]) == 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from threads, and OpenMP threads on a busy machine spin (30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add spinning (conftest.py)
 
 
 @pytest.fixture(scope="module")

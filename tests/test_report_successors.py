@@ -10,7 +10,7 @@ import pytest
 
 from okd.cli.main import build_parser, main
 from okd.report.paper import paper_figures, published_peers
-from okd.report.reproduce import Job, table_jobs
+from okd.report.reproduce import Job
 
 # Published top-1 accuracies (%), transcribed from the sources paper_results.json names:
 # PCL's paper table (KDCL, PCL) and winycg/MCL's README (MCL x4).
