@@ -80,7 +80,7 @@ def notes(table: Table) -> list[str]:
         out.append("+MCL: MCL-OKD with --alpha 0 (no DOT loss); +MCL+DOT: MCL-OKD with alpha > 0 (the full method).")
     elif table.kind == "successors":
         out.append("Deployed: KDCL and MCL peer 0, PCL its temporal-mean (EMA) peer 0. Ens: the method's own ensemble "
-                   "(KDCL, MCL: mean logits; PCL: its fused peer-ensemble head).")
+                   "(KDCL, MCL: mean logits; PCL: mean logits of its EMA peers; its fused heads are in okd eval).")
     else:
         out.append("MCL-OKD: runs with alpha > 0; alpha 0 runs are the +MCL ablation. "
                    "Ens: the method's own ensemble of all peers.")
