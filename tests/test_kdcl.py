@@ -45,9 +45,14 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
 
 
 def test_unknown_rule_exits_2_naming_the_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", *TINY, "--kdcl-rule", "median", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "okd train: error: unknown --kdcl-rule 'median'; choose one of minlogit, naive, linear, mean"
+    ]
     assert main(["train", *TINY, "--kdcl-rule", "general", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "okd train: error: unknown --kdcl-rule 'general'; choose one of minlogit, naive, linear, mean"
+        "okd train: error: --kdcl-rule general is not implemented (it needs a held-out split of the training set, "
+        "see docs/methods/kdcl.md); choose one of minlogit, naive, linear, mean"
     ]
     assert not (tmp_path / "run").exists()
 

@@ -46,6 +46,9 @@ class KDCL(OKDMethod):
         alpha: float = 0.5,
         kdcl_rule: str = "minlogit",
     ) -> None:
+        if kdcl_rule == "general":  # the paper's fourth rule: weights fitted on held-out data once per epoch
+            raise OKDUserError("--kdcl-rule general is not implemented (it needs a held-out split of the training set, "
+                               f"see docs/methods/kdcl.md); choose one of {', '.join(ENSEMBLE_RULES)}")
         if kdcl_rule not in ENSEMBLE_RULES:
             raise OKDUserError(f"unknown --kdcl-rule {kdcl_rule!r}; choose one of {', '.join(ENSEMBLE_RULES)}")
         if not 0 <= alpha <= 1:
