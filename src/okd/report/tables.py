@@ -1,4 +1,4 @@
-"""The paper's three tables as data: which runs fill which cell, aggregated over seeds.
+"""The report tables as data (the paper's three, the successors', per-peer): which runs fill which cell, over seeds.
 
 Tables are built as plain data (rows x columns of ``Cell``) and rendered separately, so Markdown,
 CSV, JSON and the bar chart all show exactly the same numbers. A cell is never filled from
