@@ -76,6 +76,29 @@ def cifar_split(n: int, seed: int, name: str) -> dict:
     }
 
 
+def write_release(root: Path, folder_name: str, archive_name: str, members: dict[str, bytes], archive: bool,
+                  folder: bool) -> Path:
+    """Lay ``members`` out as an official CIFAR release: its unpacked folder and/or its ``.tar.gz``.
+
+    Returns the folder, or the archive when only the archive was written.
+    """
+    target = root / folder_name
+    if folder:
+        target.mkdir(exist_ok=True)
+        for name, blob in members.items():
+            (target / name).write_bytes(blob)
+    if archive:
+        path = root / archive_name
+        with tarfile.open(path, "w:gz") as tar:
+            for name, blob in members.items():
+                info = tarfile.TarInfo(f"{folder_name}/{name}")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+        if not folder:
+            return path
+    return target
+
+
 def write_cifar100(root: Path, n_train: int = 40, n_test: int = 24, archive: bool = False, folder: bool = True, seed: int = 0) -> Path:
     """Write ``root/cifar-100-python/{train,test,meta}`` (and/or the .tar.gz); return what was written.
 
@@ -88,21 +111,7 @@ def write_cifar100(root: Path, n_train: int = 40, n_test: int = 24, archive: boo
         "test": py2_pickle(cifar_split(n_test, seed + 1, "testing")),
         "meta": py2_pickle({"fine_label_names": [f"fine{i}" for i in range(100)], "coarse_label_names": [f"coarse{i}" for i in range(20)]}),
     }
-    target = root / FOLDER
-    if folder:
-        target.mkdir(exist_ok=True)
-        for name, blob in members.items():
-            (target / name).write_bytes(blob)
-    if archive:
-        path = root / f"{FOLDER}.tar.gz"
-        with tarfile.open(path, "w:gz") as tar:
-            for name, blob in members.items():
-                info = tarfile.TarInfo(f"{FOLDER}/{name}")
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-        if not folder:
-            return path
-    return target
+    return write_release(root, FOLDER, f"{FOLDER}.tar.gz", members, archive, folder)
 
 
 def cifar_expected(n_train: int = 40, n_test: int = 24, seed: int = 0) -> tuple[np.ndarray, list, np.ndarray, list]:
@@ -157,21 +166,7 @@ def write_cifar10(root: Path, per_batch: int = 6, n_test: int = 10, archive: boo
     members = {f"data_batch_{i}": py2_pickle(cifar10_batch(per_batch, i, f"training {i}")) for i in range(1, 6)}
     members["test_batch"] = py2_pickle(cifar10_batch(n_test, 0, "testing"))
     members["batches.meta"] = py2_pickle({"label_names": CIFAR10_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072})
-    target = root / CIFAR10_FOLDER
-    if folder:
-        target.mkdir(exist_ok=True)
-        for name, blob in members.items():
-            (target / name).write_bytes(blob)
-    if archive:
-        path = root / "cifar-10-python.tar.gz"
-        with tarfile.open(path, "w:gz") as tar:
-            for name, blob in members.items():
-                info = tarfile.TarInfo(f"{CIFAR10_FOLDER}/{name}")
-                info.size = len(blob)
-                tar.addfile(info, io.BytesIO(blob))
-        if not folder:
-            return path
-    return target
+    return write_release(root, CIFAR10_FOLDER, "cifar-10-python.tar.gz", members, archive, folder)
 
 
 def cifar10_expected(per_batch: int = 6, n_test: int = 10) -> tuple[np.ndarray, list, np.ndarray, list]:

@@ -11,24 +11,11 @@ from torch import nn
 
 from okd.engine.ema import ema_rate, ema_update_
 from okd.losses.pcl import pcl_rampup, peer_ensemble_kl, peer_mean_kl
+from plain_math import kl_t, softmax
 
 PEERS = [[[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]], [[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]], [[-1.0, 0.5, 0.5], [1.0, 1.0, 3.0]]]
 FUSED = [[3.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 EMA = [[[2.0, 0.0, 1.0], [0.0, 1.0, 0.0]], [[0.5, 0.5, 2.0], [1.0, -2.0, 0.0]], [[0.0, 0.0, 0.0], [3.0, 1.0, 1.0]]]
-
-
-def _softmax(row: list[float], T: float) -> list[float]:
-    e = [math.exp(v / T) for v in row]
-    return [v / sum(e) for v in e]
-
-
-def _kl_t(student: list[list[float]], target: list[list[float]], T: float) -> float:
-    """T^2 * batch mean of sum_k p_t log(p_t / p_s)."""
-    rows = []
-    for s, t in zip(student, target):
-        p_s, p_t = _softmax(s, T), _softmax(t, T)
-        rows.append(sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s)))
-    return T * T * sum(rows) / len(rows)
 
 
 @pytest.mark.parametrize(
@@ -65,13 +52,13 @@ def test_peer_ensemble_kl_matches_hand_formula_and_spares_the_fused_logits() -> 
     students = [torch.tensor(p, requires_grad=True) for p in PEERS]
     fused = torch.tensor(FUSED, requires_grad=True)
     value = peer_ensemble_kl(students, fused, T)
-    expected = sum(_kl_t(p, FUSED, T) for p in PEERS)
+    expected = sum(kl_t(p, FUSED, T) for p in PEERS)
     assert value.item() == pytest.approx(expected, rel=1e-5)
     value.backward()
     assert fused.grad is None
     for s, p in zip(students, PEERS):
         # d/dz_i of T^2 KL(p_f || p_i) = T (p_i - p_f) / B, with B = 2 rows
-        hand = [[T * (a - b) / 2 for a, b in zip(_softmax(row, T), _softmax(f, T))] for row, f in zip(p, FUSED)]
+        hand = [[T * (a - b) / 2 for a, b in zip(softmax(row, T), softmax(f, T))] for row, f in zip(p, FUSED)]
         torch.testing.assert_close(s.grad, torch.tensor(hand), rtol=1e-5, atol=1e-6)
 
 
@@ -82,7 +69,7 @@ def test_peer_mean_kl_averages_over_the_other_peers_ema(n: int) -> None:
     ema = [torch.tensor(e, requires_grad=True) for e in EMA[:n]]
     value = peer_mean_kl(students, ema, T)
     expected = sum(
-        sum(_kl_t(PEERS[i], EMA[j], T) for j in range(n) if j != i) / (n - 1) for i in range(n)
+        sum(kl_t(PEERS[i], EMA[j], T) for j in range(n) if j != i) / (n - 1) for i in range(n)
     )
     assert value.item() == pytest.approx(expected, rel=1e-5)
     value.backward()
@@ -97,7 +84,7 @@ def test_peer_mean_kl_ignores_each_peers_own_ema() -> None:
     students = [torch.tensor(p) for p in PEERS]
     base = peer_mean_kl(students, [torch.tensor(e) for e in EMA], T)
     moved = peer_mean_kl(students, [torch.tensor(moved_ema0), torch.tensor(EMA[1]), torch.tensor(EMA[2])], T)
-    change = sum(_kl_t(PEERS[i], moved_ema0, T) - _kl_t(PEERS[i], EMA[0], T) for i in (1, 2)) / 2
+    change = sum(kl_t(PEERS[i], moved_ema0, T) - kl_t(PEERS[i], EMA[0], T) for i in (1, 2)) / 2
     assert (moved - base).item() == pytest.approx(change, rel=1e-4)
 
 
