@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl (default: baseline)")
+    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl | okdph | switokd (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
                       "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default "
                       "resnet32. One backbone per peer, comma-separated (e.g. resnet32,resnet110), for methods whose peers "
@@ -85,8 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     meth.add_argument("--kd-t", "--kd_T", "--kd-T", dest="kd_t", type=float,
                       help="distillation temperature (MCL: of its soft terms and logit distillation, 3)")
     meth.add_argument("-a", "--alpha", type=float, help="MCL-OKD: DOT weight (0 = the '+MCL' ablation); KDCL: distillation weight (0.5)")
-    meth.add_argument("-b", "--beta", type=float, help="MCL-OKD: contrastive weight (0.025)")
-    meth.add_argument("--gamma", type=float, help="MCL-OKD: cross-entropy weight (1)")
+    meth.add_argument("-b", "--beta", type=float, help="MCL-OKD: contrastive weight (0.025); OKDPH: distillation weight (0.8)")
+    meth.add_argument("--gamma", type=float, help="MCL-OKD: cross-entropy weight (1); OKDPH: fusion ratio in [0, 1] (0.5)")
     meth.add_argument("--nce-k", "--nce_k", dest="nce_k", type=int, help="MCL-OKD: negatives per sample")
     meth.add_argument("--nce-t", "--nce_t", dest="nce_t", type=float, help="MCL-OKD: temperature")
     meth.add_argument("--nce-m", "--nce_m", dest="nce_m", type=float, help="MCL-OKD: memory momentum")
@@ -104,6 +104,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     meth.add_argument("--pcl-rampup", help="PCL: intended (default) | reimpl (the public re-implementation's ramp-up bug, "
                       "KD off for epochs 2-80; only to reproduce its numbers)")
     meth.add_argument("--ema-decay", type=float, help="PCL: decay bound of the EMA peers, in [0, 1) (0.999)")
+    meth.add_argument("--omega", type=float, help="OKDPH: students' CE weight, the hybrid's CE gets 1 - omega (0.8; CIFAR-100: per backbone)")
+    meth.add_argument("--fusion-interval", help="OKDPH: fuse the students towards the hybrid every N batches or epochs: "
+                      "5_batch | 1_epoch (default) | off")
+    meth.add_argument("--hybrid-grad", choices=("code", "paper"), help="OKDPH: code (default: the hybrid's CE trains nothing, as "
+                      "the official code) | paper (it trains the students through the hybrid's parameters)")
+    meth.add_argument("--switch-threshold", help="SwitOKD: adaptive (default, the paper's delta) or a fixed gap threshold in [0, 2]")
     meth.add_argument("--kdcl-rule", help="KDCL: soft target from the peers, minlogit (default) | naive | linear | mean")
 
     run = p.add_argument_group("execution")

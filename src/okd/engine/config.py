@@ -77,6 +77,10 @@ class TrainConfig:
     kdcl_rule: str | None = None  # KDCL's soft target: minlogit | naive | linear | mean
     pcl_rampup: str | None = None  # PCL: intended | reimpl (the re-implementation's ramp-up bug)
     ema_decay: float | None = None  # PCL: EMA decay bound of the peer mean teachers, in [0, 1)
+    omega: float | None = None  # OKDPH: students' CE weight (the hybrid's CE gets 1 - omega)
+    fusion_interval: str | None = None  # OKDPH: 5_batch | 1_epoch | off
+    hybrid_grad: str | None = None  # OKDPH: code | paper (whether the hybrid's CE trains the students)
+    switch_threshold: str | None = None  # SwitOKD: adaptive | a fixed gap threshold in [0, 2]
     # execution
     seed: int = 0
     device: str = "auto"
@@ -98,7 +102,7 @@ RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tens
 METHOD_OPTIONS = (
     "kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs",
     "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl", "mcl_logit_distill", "mcl_icl_same_instance",
-    "kdcl_rule", "pcl_rampup", "ema_decay",
+    "kdcl_rule", "pcl_rampup", "ema_decay", "omega", "fusion_interval", "hybrid_grad", "switch_threshold",
 )
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}

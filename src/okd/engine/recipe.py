@@ -75,8 +75,12 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         if getattr(cfg, key) is None:
             changes[key] = value
     changes.update(_fit_batch_to_sampler(cfg, cls.train_sampler, changes))
+    for key, value in cls.recipe(cfg.dataset, names).items():  # the method's own data/backbone defaults
+        if getattr(cfg, key) is None and key not in changes:
+            changes[key] = value
     if cfg.num_peers is None:
-        changes["num_peers"] = len(names) if len(names) > 1 else DEFAULT_PEERS.get(method, 4)
+        recipe_peers = changes.get("num_peers", DEFAULT_PEERS.get(method, 4))
+        changes["num_peers"] = len(names) if len(names) > 1 else recipe_peers
     if cfg.eval_batch_size is None:
         changes["eval_batch_size"] = 500 if cfg.dataset != "imagenet" else 256
     if method == "mcl_okd":

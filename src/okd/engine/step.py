@@ -99,6 +99,8 @@ def train_step(
     finite = torch.isfinite(total)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    for param in method.held_parameters():
+        param.grad = None  # SGD skips it: no momentum or weight-decay step either
     if skip is not None and skip(finite):
         return StepResult(output, losses, total, finite, stepped=False)
     optimizer.step()

@@ -412,6 +412,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.forward.train()
+        if start_step == 0:
+            self.method.start_epoch(epoch)
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_terms: torch.Tensor | None = None  # which terms were non-finite at first_bad, kept on device
         began = time.perf_counter()

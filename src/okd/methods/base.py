@@ -1,7 +1,7 @@
 """The small protocol between the engine and an online-distillation method.
 
 The engine only ever calls ``forward`` (through DDP when distributed), ``losses``,
-``ensemble_logits``, ``eval_heads`` and ``after_step``, and reads ``train_views``,
+``ensemble_logits``, ``eval_heads``, ``held_parameters``, ``after_step`` and ``start_epoch``, and reads ``train_views``,
 ``trainable_parameters``, ``deployed_head`` and the export hooks; it never asks which method it runs. A method only sees its
 backbone through the generic :class:`~okd.models.Cohort` (stages, pooled features, logits), so
 every method runs on every backbone.
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from collections.abc import Iterator
 from functools import partial
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -55,6 +55,12 @@ class OKDMethod(nn.Module):
         self.backbone_names = names  # peer i is a ``create_backbone(backbone_names[i])``
         self.backbone_name = format_arch(names)
         self.cohort = Cohort([partial(create_backbone, name, num_classes) for name in names], num_peers, share)
+
+    @classmethod
+    def recipe(cls, dataset: str, backbones: list[str]) -> dict[str, Any]:
+        """Defaults that depend on the data or backbone (engine values such as num_peers, and this
+        method's own options); the engine fills only what the user left unset. None by default."""
+        return {}
 
     @classmethod
     def plan_cohort(cls, backbone: str | Sequence[str], num_peers: int, share: str | None) -> tuple[list[str], str]:
@@ -136,3 +142,16 @@ class OKDMethod(nn.Module):
     @torch.no_grad()
     def after_step(self, output: CohortOutput, batch: Batch) -> None:
         """State updates after the optimiser step (MCL-OKD's memory banks); nothing by default."""
+
+    def held_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the coming optimiser step must leave untouched (SwitOKD's paused teacher).
+
+        Asked after backward: the engine drops their gradients (``grad = None``), and SGD skips a
+        parameter without a gradient entirely (no momentum, no weight decay), as if that network's
+        own optimiser had not been stepped. Nothing by default.
+        """
+        return iter(())
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before the first step of each 0-based ``epoch`` (not when a run resumes mid-epoch);
+        state changed here (OKDPH's epoch-level fusion) is checkpointed like any other."""
