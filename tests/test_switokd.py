@@ -114,7 +114,7 @@ def train(out: Path, *extra: str) -> int:
 
 
 def test_cli_teacher_student_pair_resumes_bit_identically(tmp_path: Path) -> None:
-    pair = ["--arch", "resnet110,resnet32"]
+    pair = ["--arch", "resnet110,resnet32", "--student-lr-scale", "0.5", "--lr", "0.2", "--lr-schedule", "constant"]
     assert train(tmp_path / "full", "--epochs", "2", *pair) == 0
     assert train(tmp_path / "split", "--epochs", "1", *pair) == 0
     assert train(tmp_path / "split", "--epochs", "2", *pair, "--resume") == 0
@@ -123,6 +123,20 @@ def test_cli_teacher_student_pair_resumes_bit_identically(tmp_path: Path) -> Non
     record = json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"ce_student", "kd_student", "ce_teacher", "kd_teacher"} <= set(record["train"])
     assert record["test"]["deployed"] == record["test"]["peer1"]  # the student is reported
+    from okd.engine.checkpoint import load_checkpoint
+
+    groups = load_checkpoint(tmp_path / "full" / "last.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [0.2, 0.1]  # the student's group at --student-lr-scale times --lr
+
+
+def test_recipe_gives_two_networks_and_the_cifar100_student_rate() -> None:
+    from okd.engine.config import TrainConfig
+    from okd.engine.recipe import resolve_config
+
+    cfg = resolve_config(TrainConfig(method="switokd", arch="resnet32", dataset="cifar100", data="/x"))
+    assert (cfg.num_peers, cfg.student_lr_scale) == (2, 0.1)
+    cfg = resolve_config(TrainConfig(method="switokd", arch="resnet110,resnet32", dataset="synthetic"))
+    assert (cfg.num_peers, cfg.student_lr_scale) == (2, None)
 
 
 def test_cli_equal_backbones_export_the_student(tmp_path: Path) -> None:
@@ -135,6 +149,7 @@ def test_cli_equal_backbones_export_the_student(tmp_path: Path) -> None:
     (["--arch", "resnet110,resnet_nope"], "resnet_nope"),
     (["--arch", "resnet110,resnet32,resnet32"], "trains one teacher and one student"),
     (["--switch-threshold", "2.5"], "--switch-threshold must be 'adaptive' or a number in [0, 2]"),
+    (["--student-lr-scale", "0"], "--student-lr-scale must be > 0"),
 ])
 def test_cli_bad_switokd_option_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       args: list[str], message: str) -> None:

@@ -110,6 +110,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     meth.add_argument("--hybrid-grad", choices=("code", "paper"), help="OKDPH: code (default: the hybrid's CE trains nothing, as "
                       "the official code) | paper (it trains the students through the hybrid's parameters)")
     meth.add_argument("--switch-threshold", help="SwitOKD: adaptive (default, the paper's delta) or a fixed gap threshold in [0, 2]")
+    meth.add_argument("--student-lr-scale", type=float, help="SwitOKD: the student's learning rate as a multiple of --lr "
+                      "(1; CIFAR-100: 0.1, as its code)")
     meth.add_argument("--kdcl-rule", help="KDCL: soft target from the peers, minlogit (default) | naive | linear | mean")
 
     run = p.add_argument_group("execution")

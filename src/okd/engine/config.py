@@ -81,6 +81,7 @@ class TrainConfig:
     fusion_interval: str | None = None  # OKDPH: 5_batch | 1_epoch | off
     hybrid_grad: str | None = None  # OKDPH: code | paper (whether the hybrid's CE trains the students)
     switch_threshold: str | None = None  # SwitOKD: adaptive | a fixed gap threshold in [0, 2]
+    student_lr_scale: float | None = None  # SwitOKD: the student's lr as a multiple of lr (CIFAR-100 code: 0.1)
     # execution
     seed: int = 0
     device: str = "auto"
@@ -103,6 +104,7 @@ METHOD_OPTIONS = (
     "kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs",
     "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl", "mcl_logit_distill", "mcl_icl_same_instance",
     "kdcl_rule", "pcl_rampup", "ema_decay", "omega", "fusion_interval", "hybrid_grad", "switch_threshold",
+    "student_lr_scale",
 )
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}

@@ -45,7 +45,7 @@ def sgd_kwargs(impl: str, device: torch.device) -> dict[str, bool]:
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter],
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
     device: torch.device,
     *,
     lr: float,

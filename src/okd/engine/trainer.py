@@ -327,7 +327,7 @@ class Trainer:
         self.ddp_model = model
         self.forward = torch.compile(model) if cfg.compile else model
         self.optimizer = make_optimizer(
-            self.method.trainable_parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            self.method.parameter_groups(), self.device, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
             weight_decay=cfg.wd, impl=cfg.sgd_impl,
         )
         self.start_epoch, self.start_step = 0, 0
@@ -410,7 +410,7 @@ class Trainer:
         cfg = self.cfg
         lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.lr_schedule, cfg.milestones, cfg.lr_gamma)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.forward.train()
         if start_step == 0:
             self.method.start_epoch(epoch)
