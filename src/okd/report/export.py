@@ -248,15 +248,18 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     index = peer_index(loaded.method, peer)
     size = loaded.input_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        output = loaded.method(example)  # the checkpoint's own logits, before anything is pruned or copied
+
+    def checkpoint_logits(images: torch.Tensor) -> torch.Tensor:
+        output = loaded.method(images)
+        return loaded.method.ensemble_logits(output) if index is None else loaded.method.peer_logits(output, index)
+
+    with torch.no_grad():  # the checkpoint's own logits, before anything is pruned or copied; two batch sizes,
+        reference, reference_one = checkpoint_logits(example), checkpoint_logits(example[:1])  # as kernels differ by batch
         if index is None:
-            reference = loaded.method.ensemble_logits(output)
             ensemble = EnsembleNet(loaded.method).eval()
             _prune_unused_buffers(ensemble, example)
             net: nn.Module = ensemble
         else:
-            reference = loaded.method.peer_logits(output, index)
             net = peer_network(loaded.method, index, loaded.num_classes)
     meta = metadata(loaded, index)
     out = Path(out)
@@ -281,7 +284,7 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     try:
         writer(net, example, meta, temp)
         produced, single = runner(temp, example), runner(temp, example[:1])  # two batch sizes: the batch is dynamic
-        diff = None if produced is None or single is None else max(_difference(produced, reference), _difference(single, reference[:1]))
+        diff = None if produced is None or single is None else max(_difference(produced, reference), _difference(single, reference_one))
         if diff is not None and not diff <= tolerance:  # `not <=`: a NaN difference fails too
             raise OKDUserError(
                 f"the exported {fmt} model does not reproduce the checkpoint's logits: max |difference| {diff:.3g} > "
