@@ -244,7 +244,8 @@ def build_tables(runs: list[RunRecord], datasets: list[str], kinds: tuple[str, .
             else:
                 table = build_table(kind, dataset, runs, epoch, paper)
                 keep = kinds is not None or paper or dataset in FULL_LAYOUT_DATASETS  # asked for, or the paper's layout
-                if keep or any(cell.n for row in table.rows for cell in row.cells.values()):
+                methods = {col.key for col in table.columns if col.method != "baseline"}  # the baseline is every table's reference
+                if keep or any(row.cells[key].n for row in table.rows for key in methods):
                     tables.append(table)
     return tables
 
