@@ -75,7 +75,7 @@ def _export(run: Path, fmt: str, out: Path) -> None:
 def test_exports_run_at_the_trained_size_and_carry_the_preprocessing(run: Path, tmp_path: Path, capsys) -> None:
     import onnxruntime as ort
 
-    paths, images, logits = _checkpoint_view(run)
+    _paths, images, logits = _checkpoint_view(run)
     assert images.shape[-1] == SIZE
     capsys.readouterr()
     for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.ts"), ("state_dict", "m.pt")):
