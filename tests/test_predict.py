@@ -113,7 +113,9 @@ def test_predict_prepares_files_as_evaluation_and_prints_the_checkpoints_classes
     expected = [CLASSES[i] for i in logits.argmax(1).tolist()]
     _export(run, "onnx", tmp_path / "m.onnx")
     _export(run, "state_dict", tmp_path / "m.pt")
-    for source in (["--checkpoint", str(run)], ["--model", str(tmp_path / "m.onnx")], ["--model", str(tmp_path / "m.pt")]):
+    _export(run, "torchscript", tmp_path / "m.ts")
+    models = [["--model", str(tmp_path / name)] for name in ("m.onnx", "m.pt", "m.ts")]
+    for source in (["--checkpoint", str(run)], *models):
         capsys.readouterr()
         assert main(["predict", *source, "--format", "json", *paths]) == 0
         result = json.loads(capsys.readouterr().out)
