@@ -82,8 +82,8 @@ def test_students_start_equal_and_the_hybrid_is_their_mean_at_each_training_forw
         assert torch.equal(p, students[0][name] * 0.5 + students[1][name] * 0.5), name
 
 
-@pytest.mark.parametrize("omega", [0.5, 1.0])
-def test_code_mode_hybrid_loss_trains_nothing_and_paper_mode_sends_it_through_the_mean(omega: float) -> None:
+def test_code_mode_hybrid_loss_trains_nothing_and_paper_mode_sends_it_through_the_mean() -> None:
+    omega = 0.5
     batch = _batch()
     grads = {}
     for mode in ("code", "paper"):
