@@ -57,6 +57,7 @@ SINGLE_VS_DDP = {  # name: options; each compared single process vs 2 ranks with
     "kdcl": ["--method", "kdcl", "--num-peers", "2", "--epochs", "1"],  # one augmented view per peer
     "pcl": ["--method", "pcl", "--num-peers", "2", "--epochs", "1"],  # views, fused head, EMA peers
     "switokd": ["--method", "switokd", "--num-peers", "2", "--epochs", "2"],  # the switch decided on the global batch
+    "okdph": ["--method", "okdph", "--num-peers", "2", "--epochs", "2", "--fusion-interval", "1_batch"],  # hybrid, fusion
 }
 # MCL's contrastive terms are in-batch, so 2 ranks x 4 samples compute other terms than 1 x 8: it is
 # checked to train under torchrun with its m-per-class batches split pair-preserving, ranks in step.
