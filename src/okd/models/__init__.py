@@ -1,6 +1,7 @@
 """Backbones (registry + definitions) and the generic cohort builder."""
 
 from okd.models import resnet, densenet, vgg, hcgnet  # noqa: F401,I001  (register, in the paper's order)
+from okd.models import zoo  # noqa: F401,I001  (register the KD literature's CIFAR zoo after the paper's)
 from okd.models.base import Backbone, BackboneSpec, map_state_keys
 from okd.models.cohort import SHARE_MODES, Cohort, CohortOutput, average_gradient
 from okd.models.complexity import count_macs, count_params
