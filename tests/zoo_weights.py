@@ -43,7 +43,8 @@ def fill_(model: nn.Module, source_keys: Mapping[str, str] | None = None) -> Non
 
 
 def fixed_input() -> torch.Tensor:
-    return fill_value("input", (BATCH, 3, SIDE, SIDE)) * 2.0
+    """One key per image, so the images differ (train-mode BN statistics of near-equal images are ill-conditioned)."""
+    return torch.stack([fill_value(f"input{i}", (3, SIDE, SIDE)) * 2.0 for i in range(BATCH)])
 
 
 def layout_digest(shapes: Mapping[str, tuple[int, ...]]) -> str:
