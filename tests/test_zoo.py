@@ -98,6 +98,16 @@ def test_cohort_early_late_and_peer_extraction(name: str) -> None:
         assert all(f.shape == (2, plain.feature_dim) for f in out.features)
 
 
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_1", "vgg8", "mobile_half", "shufflev1", "shufflenetv2_05x"])
+def test_tree_cohort_of_three(name: str) -> None:
+    """CL-ILR's tree (shared trunk, two sub-trunks from early to late, three branches) on each family."""
+    cohort = Cohort(lambda: create_backbone(name, 5), 3, "tree").eval()
+    assert len(cohort.subtrunks) == 2
+    with torch.no_grad():
+        out = cohort(torch.randn(2, 3, 8, 8))
+    assert [z.shape for z in out.logits] == [(2, 5)] * 3
+
+
 def test_okd_models_names_each_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--arch", "resnet8", "--arch", "resnet110", "--arch", "shufflenetv2_05x", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -107,7 +117,9 @@ def test_okd_models_names_each_source(capsys: pytest.CaptureFixture[str]) -> Non
     assert [cell.strip() for cell in header.split("|")[1:3]] == ["backbone", "source"] and row.split("|")[2].strip() == "L-MCL"
 
 
-@pytest.mark.parametrize("method, arch", [("dml", "resnet8"), ("one", "wrn_16_1")])
+@pytest.mark.parametrize("method, arch", [("dml", "resnet8"), ("one", "wrn_16_1"),
+                                          pytest.param("cl_ilr", "shufflenetv2_05x", marks=pytest.mark.slow),
+                                          pytest.param("okddip", "mobile_half", marks=pytest.mark.slow)])
 def test_cli_trains_a_zoo_backbone(tmp_path: Path, method: str, arch: str) -> None:
     out = tmp_path / "run"
     args = ["train", "--method", method, "--arch", arch, "--num-peers", "2", "--dataset", "synthetic", "--synthetic-train", "8",
