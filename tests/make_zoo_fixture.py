@@ -2,7 +2,7 @@
 
     python tests/make_zoo_fixture.py RepDistiller/ L-MCL/     # checkouts of HobbitLong/RepDistiller, winycg/L-MCL
 
-For each network: its parameter count at 100 classes, a digest of its state dict's keys and shapes,
+For each network (keyed ``codebase:function``, with the okd backbone it is): its parameter count at 100 classes, a digest of its state dict's keys and shapes,
 and its float64 logits (eval and train mode) for a fixed 2x3x32x32 input at 10 classes, with every
 tensor filled by tests/zoo_weights.py's rule. tests/test_zoo.py builds okd's backbone, fills it by the
 same rule through its source key map and must reproduce all of it.
@@ -27,7 +27,7 @@ RD = {  # okd name: RepDistiller's builder in models/ (its model_dict's function
     "mobile_half": ("mobilenetv2", "mobile_half"), "shufflev1": ("ShuffleNetv1", "ShuffleV1"), "shufflev2": ("ShuffleNetv2", "ShuffleV2"),
 }
 LMCL = {  # okd name: L-MCL's builder in models/
-    "wrn_28_4": ("wrn_cifar", "wrn_28_4_cifar"), "shufflenetv2_05x": ("shufflenetv2_cifar", "ShuffleNetV2_05x_cifar"),
+    "resnet32": ("resnet_cifar", "resnet32_cifar"), "resnet110": ("resnet_cifar", "resnet110_cifar"), "wrn_28_4": ("wrn_cifar", "wrn_28_4_cifar"), "shufflenetv2_05x": ("shufflenetv2_cifar", "ShuffleNetV2_05x_cifar"),
     "shufflenetv2_1x": ("shufflenetv2_cifar", "ShuffleNetV2_1x_cifar"), "hcgnet_a1": ("hcgnet_cifar", "hcgnet_A1_cifar"),
     "hcgnet_a2": ("hcgnet_cifar", "hcgnet_A2_cifar"),
 }
@@ -54,8 +54,9 @@ def main(rd: Path, lmcl: Path) -> None:
     for table, repo, source in ((RD, rd, "RepDistiller"), (LMCL, lmcl, "L-MCL")):
         for name, (module, function) in table.items():
             make = builder(repo, module, function)
-            out[name] = {"source": f"{source} models/{module}.py {function}", **record(lambda c: make(num_classes=c))}
-            print(name, out[name]["params"], file=sys.stderr)
+            key = f"{source}:{function}"
+            out[key] = {"backbone": name, "codebase": source, "file": f"models/{module}.py", **record(lambda c: make(num_classes=c))}
+            print(key, out[key]["params"], file=sys.stderr)
     path = Path(__file__).parent / "data" / "zoo_source_outputs.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")

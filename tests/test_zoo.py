@@ -24,7 +24,7 @@ from zoo_weights import CLASSES, fill_, layout_digest, logits
 from okd.cli.main import main
 from okd.errors import OKDUserError
 from okd.models import Cohort, backbone_source, count_params, create_backbone, list_backbones, resolve_backbone_name
-from okd.models.zoo import load_source_state_dict, source_key_map, to_source_state_dict
+from okd.models.zoo import load_source_state_dict, source_codebases, source_key_map, to_source_state_dict
 
 FIXTURE = json.loads((Path(__file__).parent / "data" / "zoo_source_outputs.json").read_text())
 ZOO = [name for name in list_backbones() if backbone_source(name) in ("RepDistiller", "L-MCL")]
@@ -32,15 +32,17 @@ ILL_CONDITIONED_IN_TRAIN_MODE = {"hcgnet_a1", "hcgnet_a2"}
 SLOW = {"resnet32x4", "wrn_28_4", "vgg11", "vgg13", "vgg19", "hcgnet_a2", "resnet110_basic", "wrn_40_2"}  # > 0.5 s each on 2 cores
 
 
-def _marked(names: list[str]) -> list:
-    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in names]
+def _marked(names: list[str], backbone=lambda key: key) -> list:
+    return [pytest.param(name, marks=pytest.mark.slow) if backbone(name) in SLOW else name for name in names]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_zoo_backbone_has_source_outputs() -> None:
-    assert set(ZOO) <= set(FIXTURE)
+    checked = {(record["backbone"], record["codebase"]) for record in FIXTURE.values()}
+    assert {(name, backbone_source(name)) for name in ZOO} <= checked
+    assert {(name, codebase) for name in list_backbones() for codebase in source_codebases(name)} == checked  # every key map
     assert len(ZOO) == 23  # RepDistiller's 19 (its resnet32 is okd's, its vgg16 is not here) + L-MCL's 4 (its hcgnet_A1 is okd's)
 
 
@@ -51,13 +53,14 @@ def test_clashing_names_keep_okd_meaning() -> None:
     assert resolve_backbone_name("vgg13_bn") == "vgg13" and resolve_backbone_name("MobileNetV2") == "mobile_half"
 
 
-@pytest.mark.parametrize("name", _marked(sorted(FIXTURE)))
-def test_same_function_as_source(name: str) -> None:
-    expected = FIXTURE[name]
+@pytest.mark.parametrize("key", _marked(sorted(FIXTURE), lambda key: FIXTURE[key]["backbone"]))
+def test_same_function_as_source(key: str) -> None:
+    expected = FIXTURE[key]
+    name, codebase = expected["backbone"], expected["codebase"]
     with torch.device("meta"):  # the count needs no initialised weights
         assert count_params(create_backbone(name, 100)) == expected["params"]
     model = create_backbone(name, CLASSES)
-    source_state = to_source_state_dict(name, model)
+    source_state = to_source_state_dict(name, model, codebase)
     assert len(source_state) == len(model.state_dict())  # the map renames one to one
     assert layout_digest({k: tuple(v.shape) for k, v in source_state.items()}) == expected["layout"]
     fill_(model, dict(zip(model.state_dict(), source_state)))
@@ -65,7 +68,7 @@ def test_same_function_as_source(name: str) -> None:
         reference = torch.tensor(expected[mode], dtype=torch.float64)
         got = logits(model, train=mode == "train")
         tol = 1e-4 if mode == "train" and name in ILL_CONDITIONED_IN_TRAIN_MODE else 1e-9
-        torch.testing.assert_close(got, reference, rtol=tol, atol=tol * reference.abs().max().item(), msg=f"{name} {mode}")
+        torch.testing.assert_close(got, reference, rtol=tol, atol=tol * reference.abs().max().item(), msg=f"{key} {mode}")
 
 
 def test_source_checkpoint_loads_both_ways() -> None:
@@ -78,8 +81,14 @@ def test_source_checkpoint_loads_both_ways() -> None:
     state.pop("fc.bias")
     with pytest.raises(OKDUserError, match="missing"):
         load_source_state_dict("wrn_16_1", fresh, state)
-    with pytest.raises(OKDUserError, match="no source key map"):
+    with pytest.raises(OKDUserError, match="no key map from densenet40_12"):
         source_key_map("densenet40_12", create_backbone("densenet40_12"))
+    resnet32 = create_backbone("resnet32")
+    with pytest.raises(OKDUserError, match="resnet32 checkpoints may come from RepDistiller or L-MCL: name the codebase"):
+        source_key_map("resnet32", resnet32)
+    with pytest.raises(OKDUserError, match="it has maps to: RepDistiller, L-MCL"):
+        source_key_map("resnet32", resnet32, "CRD")
+    assert source_key_map("resnet32", resnet32, "L-MCL")["fc."] == "classifier."
 
 
 @pytest.mark.parametrize("name", _marked(ZOO))

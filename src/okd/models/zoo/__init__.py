@@ -7,6 +7,6 @@ points so every method can train a cohort of it. ``okd models`` shows each backb
 """
 
 from okd.models.zoo import resnet, wrn, vgg, mobilenetv2, shufflenet, hcgnet  # noqa: F401,I001  (register)
-from okd.models.zoo.keys import has_source_keys, load_source_state_dict, source_key_map, to_source_state_dict
+from okd.models.zoo.keys import load_source_state_dict, source_codebases, source_key_map, to_source_state_dict
 
-__all__ = ["has_source_keys", "load_source_state_dict", "source_key_map", "to_source_state_dict"]
+__all__ = ["load_source_state_dict", "source_codebases", "source_key_map", "to_source_state_dict"]

@@ -41,5 +41,5 @@ def hcgnet_a2(num_classes: int = 100) -> Backbone:
     return build_hcgnet((24, 36, 64), num_classes)
 
 
-register_key_map("hcgnet_a1", hcgnet_key_map)
-register_key_map("hcgnet_a2", hcgnet_key_map)
+register_key_map("hcgnet_a1", "L-MCL", hcgnet_key_map)
+register_key_map("hcgnet_a2", "L-MCL", hcgnet_key_map)

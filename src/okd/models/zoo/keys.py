@@ -20,7 +20,7 @@ from okd.models.registry import BackboneFactory, register_backbone, resolve_back
 KeyMap = dict[str, str]
 KeyMapFactory = Callable[[Backbone], KeyMap]
 
-_KEY_MAPS: dict[str, KeyMapFactory] = {}
+_KEY_MAPS: dict[tuple[str, str], KeyMapFactory] = {}  # (okd backbone, codebase) -> key map
 
 
 def stage_key_map(backbone: Backbone, renames: Mapping[str, str]) -> KeyMap:
@@ -28,9 +28,9 @@ def stage_key_map(backbone: Backbone, renames: Mapping[str, str]) -> KeyMap:
     return {f"{stage}.": renames.get(stage, f"{stage}.") for stage in backbone.stage_names}
 
 
-def register_key_map(name: str, make: KeyMapFactory) -> None:
-    """Declare how ``name``'s keys map to its source's (one source per backbone name)."""
-    _KEY_MAPS[name] = make
+def register_key_map(name: str, codebase: str, make: KeyMapFactory) -> None:
+    """Declare how ``name``'s keys map to ``codebase``'s (e.g. okd's resnet32 to RepDistiller's and to L-MCL's)."""
+    _KEY_MAPS[(name, codebase)] = make
 
 
 def zoo_backbone(
@@ -40,39 +40,52 @@ def zoo_backbone(
 
     def decorate(factory: BackboneFactory) -> BackboneFactory:
         register_backbone(name, aliases=aliases, source=source)(factory)
-        register_key_map(name, lambda backbone: stage_key_map(backbone, renames or {}))
+        register_key_map(name, source, lambda backbone: stage_key_map(backbone, renames or {}))
         return factory
 
     return decorate
 
 
-def has_source_keys(name: str) -> bool:
-    return resolve_backbone_name(name) in _KEY_MAPS
-
-
-def source_key_map(name: str, backbone: Backbone) -> KeyMap:
-    """The prefix map from ``backbone``'s keys (a ``name`` backbone) to its source's keys."""
+def source_codebases(name: str) -> list[str]:
+    """The codebases whose checkpoints of ``name`` okd can load (empty for most non-zoo backbones)."""
     canonical = resolve_backbone_name(name)
-    if canonical not in _KEY_MAPS:
-        raise OKDUserError(f"{name} has no source key map; the backbones with one are: {', '.join(_KEY_MAPS)}")
-    return _KEY_MAPS[canonical](backbone)
+    return [codebase for backbone, codebase in _KEY_MAPS if backbone == canonical]
 
 
-def to_source_state_dict(name: str, backbone: Backbone) -> dict[str, torch.Tensor]:
-    """``backbone``'s state dict under its source code's key names (loads into the source model)."""
-    return map_state_keys(backbone.state_dict(), source_key_map(name, backbone))
+def source_key_map(name: str, backbone: Backbone, codebase: str | None = None) -> KeyMap:
+    """The prefix map from ``backbone``'s keys (a ``name`` backbone) to ``codebase``'s keys.
+
+    ``codebase`` may be left out when only one is known for ``name``.
+    """
+    canonical = resolve_backbone_name(name)
+    known = source_codebases(canonical)
+    if codebase is None and len(known) == 1:
+        codebase = known[0]
+    if not known:
+        with_maps = ", ".join(sorted({backbone for backbone, _ in _KEY_MAPS}))
+        raise OKDUserError(f"okd has no key map from {canonical} to another codebase's checkpoints; the backbones with one: {with_maps}")
+    if codebase is None:
+        raise OKDUserError(f"{canonical} checkpoints may come from {' or '.join(known)}: name the codebase")
+    if codebase not in known:
+        raise OKDUserError(f"no key map from {canonical} to {codebase}'s checkpoints; it has maps to: {', '.join(known)}")
+    return _KEY_MAPS[(canonical, codebase)](backbone)
 
 
-def load_source_state_dict(name: str, backbone: Backbone, state: Mapping[str, torch.Tensor]) -> None:
-    """Load a state dict saved by the source code (e.g. a RepDistiller teacher) into okd's ``backbone``.
+def to_source_state_dict(name: str, backbone: Backbone, codebase: str | None = None) -> dict[str, torch.Tensor]:
+    """``backbone``'s state dict under ``codebase``'s key names (loads into that code's model)."""
+    return map_state_keys(backbone.state_dict(), source_key_map(name, backbone, codebase))
+
+
+def load_source_state_dict(name: str, backbone: Backbone, state: Mapping[str, torch.Tensor], codebase: str | None = None) -> None:
+    """Load a state dict saved by ``codebase`` (e.g. a RepDistiller teacher) into okd's ``backbone``.
 
     Exact: every okd key must find its tensor and every source key must be used.
     """
     own = backbone.state_dict()
-    okd_to_source = dict(zip(own, map_state_keys(own, source_key_map(name, backbone))))  # renaming keeps the order
+    okd_to_source = dict(zip(own, map_state_keys(own, source_key_map(name, backbone, codebase))))  # renaming keeps the order
     missing = sorted(set(okd_to_source.values()) - set(state))
     unused = sorted(set(state) - set(okd_to_source.values()))
     if missing or unused:
         raise OKDUserError(f"this state dict is not a {name} of the source code: missing {missing[:3]}, unexpected {unused[:3]} "
-                           "(check the backbone name and --num-classes)")
+                           "(check the backbone name and the number of classes)")
     backbone.load_state_dict({key: state[source] for key, source in okd_to_source.items()}, strict=True)

@@ -53,6 +53,10 @@ _register("resnet110_basic", 110, SLIM, "resnet110", aliases=("repdistiller_resn
 _register("resnet8x4", 8, WIDE)
 _register("resnet32x4", 32, WIDE)
 
-# okd's resnet32 is RepDistiller's resnet32 with MCL-OKD's stage names: its checkpoints load through this map.
-register_key_map("resnet32", lambda backbone: stage_key_map(
-    backbone, {"stem": "", "stage1": "layer1.", "stage2": "layer2.", "stage3": "layer3."}) | {"stem.0.": "conv1.", "stem.1.": "bn1."})
+# okd's resnet32 is RepDistiller's and L-MCL's resnet32, okd's resnet110 is L-MCL's resnet110_cifar (bottleneck),
+# under MCL-OKD's stage names: their checkpoints load through these maps.
+_MCL_OKD_STAGES = {"stem": "", "stage1": "layer1.", "stage2": "layer2.", "stage3": "layer3."}
+_STEM = {"stem.0.": "conv1.", "stem.1.": "bn1."}
+register_key_map("resnet32", "RepDistiller", lambda backbone: stage_key_map(backbone, _MCL_OKD_STAGES) | _STEM)
+for _name in ("resnet32", "resnet110"):
+    register_key_map(_name, "L-MCL", lambda backbone: stage_key_map(backbone, _MCL_OKD_STAGES | {"fc": "classifier."}) | _STEM)
