@@ -140,3 +140,18 @@ def test_cli_trains_a_zoo_backbone(tmp_path: Path, method: str, arch: str) -> No
     assert summary["params"]["deployed"] == count_params(create_backbone(arch, 3))
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert set(record["test"]) >= {"peer0", "peer1", "ensemble"}
+
+
+def test_readme_zoo_table_matches_the_models() -> None:
+    """Every name and parameter count in README's zoo table, in order, is what okd builds."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("## The CIFAR model zoo of the KD literature", 1)[1]
+    table = next(block for block in section.split("\n\n") if block.startswith("| `--arch`"))
+    listed = {}
+    for row in table.splitlines()[2:]:
+        cells = row.split("|")
+        names = [name.strip(" `") for name in cells[1].split(",")]
+        listed.update(zip(names, (int(p.strip().replace(",", "")) for p in cells[3].split("/")), strict=True))
+    assert set(listed) == set(ZOO)
+    with torch.device("meta"):
+        assert {name: count_params(create_backbone(name, 100)) for name in listed} == listed
