@@ -53,6 +53,22 @@ def test_clashing_names_keep_okd_meaning() -> None:
     assert resolve_backbone_name("vgg13_bn") == "vgg13" and resolve_backbone_name("MobileNetV2") == "mobile_half"
 
 
+def test_sources_of_library_and_user_backbones() -> None:
+    from okd.models import registry
+
+    assert [backbone_source(n) for n in ("tv:resnet18", "torchvision:resnet18", "timm:resnet18")] == ["tv", "tv", "timm"]
+    tables = (registry._BACKBONES, registry._DEFAULT_CLASSES, registry._SOURCES)
+    saved = [dict(table) for table in tables]
+    try:
+        registry.register_backbone("zoo_test_user_net")(lambda num_classes=100: create_backbone("resnet8", num_classes))
+        registry.register_backbone("zoo_test_lab_net", source="our lab")(lambda num_classes=100: create_backbone("resnet8", num_classes))
+        assert backbone_source("zoo_test_user_net") == "user" and backbone_source("zoo_test_lab_net") == "our lab"
+    finally:  # the registry is process-wide: leave it as it was
+        for table, before in zip(tables, saved):
+            table.clear()
+            table.update(before)
+
+
 @pytest.mark.parametrize("key", _marked(sorted(FIXTURE), lambda key: FIXTURE[key]["backbone"]))
 def test_same_function_as_source(key: str) -> None:
     expected = FIXTURE[key]
