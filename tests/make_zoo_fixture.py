@@ -27,7 +27,9 @@ RD = {  # okd name: RepDistiller's builder in models/ (its model_dict's function
     "mobile_half": ("mobilenetv2", "mobile_half"), "shufflev1": ("ShuffleNetv1", "ShuffleV1"), "shufflev2": ("ShuffleNetv2", "ShuffleV2"),
 }
 LMCL = {  # okd name: L-MCL's builder in models/
-    "resnet32": ("resnet_cifar", "resnet32_cifar"), "resnet110": ("resnet_cifar", "resnet110_cifar"), "wrn_28_4": ("wrn_cifar", "wrn_28_4_cifar"), "shufflenetv2_05x": ("shufflenetv2_cifar", "ShuffleNetV2_05x_cifar"),
+    "resnet32": ("resnet_cifar", "resnet32_cifar"), "resnet56": ("resnet_cifar", "resnet56_cifar"),
+    "resnet110": ("resnet_cifar", "resnet110_cifar"), "wrn_16_2": ("wrn_cifar", "wrn_16_2_cifar"),
+    "wrn_40_2": ("wrn_cifar", "wrn_40_2_cifar"), "wrn_28_4": ("wrn_cifar", "wrn_28_4_cifar"), "shufflenetv2_05x": ("shufflenetv2_cifar", "ShuffleNetV2_05x_cifar"),
     "shufflenetv2_1x": ("shufflenetv2_cifar", "ShuffleNetV2_1x_cifar"), "hcgnet_a1": ("hcgnet_cifar", "hcgnet_A1_cifar"),
     "hcgnet_a2": ("hcgnet_cifar", "hcgnet_A2_cifar"),
 }

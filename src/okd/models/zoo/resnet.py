@@ -53,6 +53,9 @@ _register("resnet110_basic", 110, SLIM, "resnet110", aliases=("repdistiller_resn
 _register("resnet8x4", 8, WIDE)
 _register("resnet32x4", 32, WIDE)
 
+# L-MCL's resnet56_cifar is RepDistiller's resnet56 with its Linear named ``classifier``.
+register_key_map("resnet56", "L-MCL", lambda backbone: stage_key_map(backbone, {"stem": "", "fc": "classifier."}))
+
 # okd's resnet32 is RepDistiller's and L-MCL's resnet32, okd's resnet110 is L-MCL's resnet110_cifar (bottleneck),
 # under MCL-OKD's stage names: their checkpoints load through these maps.
 _MCL_OKD_STAGES = {"stem": "", "stage1": "layer1.", "stage2": "layer2.", "stage3": "layer3."}

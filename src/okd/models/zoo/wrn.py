@@ -13,7 +13,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from okd.models.base import Backbone, BackboneSpec
-from okd.models.zoo.keys import zoo_backbone
+from okd.models.zoo.keys import register_key_map, stage_key_map, zoo_backbone
 
 
 class WideBasicBlock(nn.Module):
@@ -69,3 +69,7 @@ for _name, _depth, _widen, _source in (("wrn_16_1", 16, 1, "RepDistiller"), ("wr
 
     _factory.__doc__ = f"WRN-{_depth}-{_widen} ({_source}'s {_name})."
     zoo_backbone(_name, _source, _RENAMES)(_factory)
+
+
+for _name in ("wrn_16_2", "wrn_40_2"):  # L-MCL's wrn_cifar.py is RepDistiller's wrn.py: the same keys
+    register_key_map(_name, "L-MCL", lambda backbone: stage_key_map(backbone, _RENAMES))
