@@ -105,6 +105,9 @@ def test_source_checkpoint_loads_both_ways() -> None:
     with pytest.raises(OKDUserError, match="it has maps to: RepDistiller, L-MCL"):
         source_key_map("resnet32", resnet32, "CRD")
     assert source_key_map("resnet32", resnet32, "L-MCL")["fc."] == "classifier."
+    resnet56 = create_backbone("resnet56")
+    assert source_key_map("resnet56", resnet56)["fc."] == "fc."  # its own source, RepDistiller
+    assert source_key_map("resnet56", resnet56, "L-MCL")["fc."] == "classifier."
 
 
 @pytest.mark.parametrize("name", _marked(ZOO))

@@ -15,7 +15,7 @@ import torch
 
 from okd.errors import OKDUserError
 from okd.models.base import Backbone, map_state_keys
-from okd.models.registry import BackboneFactory, register_backbone, resolve_backbone_name
+from okd.models.registry import BackboneFactory, backbone_source, register_backbone, resolve_backbone_name
 
 KeyMap = dict[str, str]
 KeyMapFactory = Callable[[Backbone], KeyMap]
@@ -55,12 +55,14 @@ def source_codebases(name: str) -> list[str]:
 def source_key_map(name: str, backbone: Backbone, codebase: str | None = None) -> KeyMap:
     """The prefix map from ``backbone``'s keys (a ``name`` backbone) to ``codebase``'s keys.
 
-    ``codebase`` may be left out when only one is known for ``name``.
+    ``codebase`` defaults to the one the backbone comes from (``okd models``' source), or the only one known.
     """
     canonical = resolve_backbone_name(name)
     known = source_codebases(canonical)
     if codebase is None and len(known) == 1:
         codebase = known[0]
+    elif codebase is None and backbone_source(canonical) in known:
+        codebase = backbone_source(canonical)
     if not known:
         with_maps = ", ".join(sorted({backbone for backbone, _ in _KEY_MAPS}))
         raise OKDUserError(f"okd has no key map from {canonical} to another codebase's checkpoints; the backbones with one: {with_maps}")
