@@ -136,6 +136,20 @@ def test_tree_cohort_of_three(name: str) -> None:
     assert [z.shape for z in out.logits] == [(2, 5)] * 3
 
 
+@pytest.mark.parametrize("name", ["shufflenetv2_05x", pytest.param("shufflev1", marks=pytest.mark.slow)])
+def test_onnx_export_of_channel_shuffle_keeps_a_dynamic_batch(tmp_path: Path, name: str) -> None:
+    """The ShuffleNets reshape by the input's shape: exported at batch 1, they must still run batch 3."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from okd.report.export_formats import run_onnx, save_onnx
+
+    model = create_backbone(name, 5).eval()
+    x = torch.randn(3, 3, 16, 16)
+    save_onnx(model, x[:1], {"arch": name}, tmp_path / "net.onnx")
+    with torch.no_grad():
+        torch.testing.assert_close(run_onnx(tmp_path / "net.onnx", x), model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_okd_models_names_each_source(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "--arch", "resnet8", "--arch", "resnet110", "--arch", "shufflenetv2_05x", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
