@@ -44,8 +44,9 @@ def weighted_supervised_contrastive(logits: torch.Tensor, labels: torch.Tensor, 
 
 def weighted_kl_t(student: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, T: float) -> torch.Tensor:
     """T^2 * sum_a w_a KL(softmax(target_a/T) || softmax(student_a/T)) / B; ``target`` is used as given (detach it)."""
-    log_p_s = F.log_softmax(student.float() / T, dim=1)
-    log_p_t = F.log_softmax(target.float() / T, dim=1)
+    dtype = torch.promote_types(student.dtype, torch.float32)  # bfloat16 logits are widened, float64 kept
+    log_p_s = F.log_softmax(student.to(dtype) / T, dim=1)
+    log_p_t = F.log_softmax(target.to(dtype) / T, dim=1)
     per_row = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)
     return T * T * (weight * per_row).sum() / student.shape[0]
 
