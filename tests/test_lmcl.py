@@ -176,7 +176,7 @@ def test_method_meta_update_trains_only_the_weight_network_and_restores_the_netw
     from okd.data.batch import Batch
 
     torch.manual_seed(0)
-    m = build_method("lmcl", "resnet32", 4, 2)
+    m = build_method("lmcl", "resnet32", 4, 2, lmcl_meta_steps=1)
     assert m.cohort.share == "none" and len(m.aux[0]) == 2  # ResNet's two branch points: 3 heads per network
     assert not any(p.requires_grad for p in m.weight_net.parameters())
     assert {id(p) for p in m.weight_net.parameters()}.isdisjoint(id(p) for p in m.trainable_parameters())
@@ -232,7 +232,7 @@ def test_cli_trains_two_steps_resumes_bit_identically_and_exports(tmp_path: Path
         (["--lmcl-meta-freq", "-1"], "--lmcl-meta-freq must be >= 0"),
         (["--mcl-tau", "0"], "--mcl-tau must be > 0"),
         (["--share", "early"], "supports --share none, got 'early'"),
-        (["--num-peers", "1"], "needs at least 2 peers"),
+        (["--num-peers", "1"], "needs --num-peers >= 2, got 1"),
     ],
 )
 def test_bad_options_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
