@@ -241,3 +241,35 @@ def test_bad_options_exit_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_a_backbone_without_second_derivatives_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MobileNetV3's hardsigmoid has no double backward in PyTorch: the meta step names the op and the way out."""
+    from okd.data.batch import Batch
+    from okd.errors import OKDUserError
+    from okd.methods import lmcl
+
+    def no_double_backward(*args, **kwargs):
+        raise RuntimeError("derivative for aten::hardsigmoid_backward is not implemented")
+
+    monkeypatch.setattr(lmcl, "meta_hypergradient", no_double_backward)
+    m = build_method("lmcl", "resnet32", 4, 2)
+    opt = torch.optim.SGD(m.trainable_parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    batch = Batch(torch.zeros(2, 3, 8, 8), torch.tensor([0, 0]), torch.arange(2))
+    with pytest.raises(OKDUserError, match=r"uses aten::hardsigmoid_backward.*--lmcl-meta-freq 0"):
+        m.meta_update(batch, 0, 0, opt)
+
+
+def test_a_pair_of_different_backbones_trains_with_its_own_heads() -> None:
+    """The code's heterogeneous pairs (ResNet-32 & ResNet-110): each network's heads are its own backbone's."""
+    from okd.data.batch import Batch
+
+    torch.manual_seed(0)
+    m = build_method("lmcl", "resnet32,resnet110", 4, 2, lmcl_meta_steps=1)
+    assert [len(a) for a in m.aux] == [2, 2] and m.cohort.feature_dims == [64, 256]
+    assert [linear.in_features for linear in m.weight_net[1]] == [256, 256, 256]
+    images, targets = fixed(4, 3, 8, 8, seed=60).float(), torch.tensor([0, 0, 1, 1])
+    out = m(images)
+    assert out.extras["head_logits"].shape == (2, 3, 4, 4) and out.extras["loss_weights"].shape == (18, 4)
+    losses = m.losses(out, Batch(images, targets, torch.arange(4)), 0)
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())

@@ -18,6 +18,7 @@ Details and the code's quirks: docs/methods/lmcl.md.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -242,9 +243,18 @@ class LMCL(OKDMethod):
             for t, saved in zip(params + buffers, state):
                 t.copy_(saved)
 
-        with torch.enable_grad():
-            grads = meta_hypergradient(params, hyper, [inner] * self.meta_steps + [outer], snapshot, restore,
-                                       lr=lr, momentum=momentum, weight_decay=wd)
+        try:
+            with torch.enable_grad():
+                grads = meta_hypergradient(params, hyper, [inner] * self.meta_steps + [outer], snapshot, restore,
+                                           lr=lr, momentum=momentum, weight_decay=wd)
+        except RuntimeError as exc:
+            op = re.search(r"derivative for (\S+) is not implemented", str(exc))
+            if op is None:
+                raise
+            raise OKDUserError(
+                f"L-MCL's meta step differentiates twice, but backbone {self.backbone_name} uses {op.group(1)}, which "
+                "PyTorch cannot differentiate twice: use another backbone, or --lmcl-meta-freq 0 (fixed loss weights)"
+            ) from None
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat)
