@@ -273,3 +273,40 @@ def test_a_pair_of_different_backbones_trains_with_its_own_heads() -> None:
     assert out.extras["head_logits"].shape == (2, 3, 4, 4) and out.extras["loss_weights"].shape == (18, 4)
     losses = m.losses(out, Batch(images, targets, torch.arange(4)), 0)
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+
+
+# Computed once by the official code (winycg/L-MCL at 2c0901e: MetaSGD with rollback over two steps on
+# the inner objective and one on the outer, then meta_backward; SupMCL summed over the 18 head pairs of
+# two networks with three heads) on the inputs that official_inputs() draws. Stored, not recomputed.
+OFFICIAL_HYPERGRADIENT = [-0.012180807415087714, -0.0005725584100294507, 0.0018064000869512614, 5.899645916075724e-05,
+                          -0.0017308327357378867, -0.000587213442565336, 0.0010351024529928173]
+OFFICIAL_TERMS = {"vcl": 112.85516887589665, "soft_vcl": 66.47076071828113, "icl": 99.28422292798628,
+                  "soft_icl": 144.1537222443545}
+
+
+def official_inputs() -> dict:
+    gen = torch.Generator().manual_seed(18)
+    draw = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    net = [draw(7, 5) * 0.5, draw(7) * 0.5, draw(3, 7) * 0.5, draw(3) * 0.5]
+    lam = torch.rand(7, generator=gen, dtype=torch.float64)
+    x, y = draw(16, 5), torch.randint(0, 3, (16,), generator=gen)
+    emb = [[torch.nn.functional.normalize(draw(8, 8), dim=1) for _ in range(3)] for _ in range(2)]
+    weights = [torch.rand(8, generator=gen, dtype=torch.float64) for _ in range(18)]
+    return dict(net=net, lam=lam, x=x, y=y, emb=emb, weights=weights)
+
+
+def test_the_meta_step_and_the_terms_reproduce_the_official_codes_stored_values() -> None:
+    data = official_inputs()
+    params = [p.clone().requires_grad_() for p in data["net"]]
+    lam = data["lam"].clone().requires_grad_()
+    x, y = data["x"], data["y"]
+    hidden = lambda: torch.tanh(x @ params[0].t() + params[1])  # noqa: E731
+    inner = lambda: (torch.sigmoid(lam) * hidden() ** 2).mean() * 3  # noqa: E731  (the last layer unused: it still decays)
+    outer = lambda: torch.nn.functional.cross_entropy(hidden() @ params[2].t() + params[3], y)  # noqa: E731
+    grad = meta_hypergradient(params, [lam], [inner, inner, outer], lambda: [p.detach().clone() for p in params],
+                              lambda s: [p.data.copy_(t) for p, t in zip(params, s)], lr=0.1, momentum=0.9, weight_decay=5e-4)[0]
+    torch.testing.assert_close(grad, torch.tensor(OFFICIAL_HYPERGRADIENT, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+    assert all(torch.equal(p, q) for p, q in zip(params, data["net"]))
+    terms = lmcl_terms(data["emb"], torch.arange(4).repeat_interleave(2), data["weights"], 0.1, 3.0)
+    for name, value in OFFICIAL_TERMS.items():  # similarities in float32, as okd computes them
+        assert terms[name].item() == pytest.approx(value, rel=1e-7), name
