@@ -82,6 +82,8 @@ class TrainConfig:
     hybrid_grad: str | None = None  # OKDPH: code | paper (whether the hybrid's CE trains the students)
     switch_threshold: str | None = None  # SwitOKD: adaptive | a fixed gap threshold in [0, 2]
     student_lr_scale: float | None = None  # SwitOKD: the student's lr as a multiple of lr (CIFAR-100 code: 0.1)
+    lmcl_meta_freq: int | None = None  # L-MCL: a meta step every N steps of an epoch (50; 0 = never)
+    lmcl_meta_steps: int | None = None  # L-MCL: virtual SGD steps on the contrastive loss per meta step (2)
     # execution
     seed: int = 0
     device: str = "auto"
@@ -105,6 +107,7 @@ METHOD_OPTIONS = (
     "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl", "mcl_logit_distill", "mcl_icl_same_instance",
     "kdcl_rule", "pcl_rampup", "ema_decay", "omega", "fusion_interval", "hybrid_grad", "switch_threshold",
     "student_lr_scale",
+    "lmcl_meta_freq", "lmcl_meta_steps",
 )
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}

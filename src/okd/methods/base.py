@@ -1,7 +1,8 @@
 """The small protocol between the engine and an online-distillation method.
 
 The engine only ever calls ``forward`` (through DDP when distributed), ``losses``,
-``ensemble_logits``, ``eval_heads``, ``held_parameters``, ``after_step`` and ``start_epoch``, and reads ``train_views``,
+``ensemble_logits``, ``eval_heads``, ``held_parameters``, ``after_step``, ``meta_update`` and
+``start_epoch``, and reads ``train_views``,
 ``parameter_groups``, ``deployed_head`` and the export hooks; it never asks which method it runs. A method only sees its
 backbone through the generic :class:`~okd.models.Cohort` (stages, pooled features, logits), so
 every method runs on every backbone.
@@ -148,6 +149,15 @@ class OKDMethod(nn.Module):
     @torch.no_grad()
     def after_step(self, output: CohortOutput, batch: Batch) -> None:
         """State updates after the optimiser step (MCL-OKD's memory banks); nothing by default."""
+
+    def meta_update(self, batch: Batch, epoch: int, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """A second optimisation after ``after_step``, with gradients enabled (L-MCL's meta step).
+
+        For parts the engine's optimiser must not train (their parameters set requires_grad=False):
+        the method may run its own forwards and virtual updates here, but must leave the trainable
+        parameters as it found them. ``step`` is the 0-based step within ``epoch``; ``optimizer``
+        gives the current lr, momentum and weight decay. Nothing by default.
+        """
 
     def held_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the coming optimiser step must leave untouched (SwitOKD's paused teacher).
