@@ -13,6 +13,13 @@ from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
 
 DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic")
+# Classes of each fixed dataset (a folder's come from its sub-folders, synthetic's from its option).
+NUM_CLASSES: dict[str, int] = {"cifar100": 100, "cifar10": 10, "imagenet": 1000, "digits": 10}
+
+
+def known_num_classes(dataset: str, synthetic_classes: int) -> int | None:
+    """The class count of ``dataset`` without reading it, or None where only the data can tell (folder)."""
+    return synthetic_classes if dataset == "synthetic" else NUM_CLASSES.get(dataset)
 DEFAULT_DATA_DIR = "./data"  # the reference scripts' --data default
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from okd.data import DataConfig, DataSpec, build_data
 from okd.engine import distributed as okd_dist
 from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
-from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
+from okd.engine.config import TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
 from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
 from okd.engine.progress import progress
 from okd.engine.rundir import RunDir
@@ -116,11 +116,10 @@ def build_for_config(
         m_per_class=cfg.m_per_class,
     )
     spec, train_loader, eval_loader = build_data(data_cfg)
-    options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     info = DatasetInfo(num_train=spec.num_train, num_classes=spec.num_classes, train_targets=spec.train_targets)
     with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg)):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
+        method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **cfg.method_options)
     if train_loader is not None:  # None when an evaluation skips the training images
         train_loader.set_views(method.train_views)
     method.to(device)
@@ -270,9 +269,13 @@ class Trainer:
             return None
         state = load_checkpoint(self.run.last, for_resume=True)
         previous = config_from_mapping(state["config"])
+        # older runs saved every method's options (null where unset, ignored where not the method's)
+        declared = {option.name for option in get_method_class(self.cfg.method).declared_options()}
+        previous.method_options = {k: v for k, v in previous.method_options.items() if k in declared}
         changed = diff_configs(previous, self.cfg)
         if changed:
-            detail = ", ".join(f"{k}: {getattr(previous, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            old, new = to_plain(previous), to_plain(self.cfg)
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
             raise OKDUserError(
                 f"--resume: {self.run.path} holds a run with another config ({detail}); only --epochs may grow. "
                 "Use a new --out folder, or --overwrite to replace the run"
