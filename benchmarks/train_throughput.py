@@ -110,9 +110,9 @@ def _sync(device: torch.device) -> None:
 
 def recipe_batch_size(method: str) -> int:
     """The CIFAR-100 recipe's batch for ``method`` (what ``okd train --dataset cifar100`` uses)."""
-    from okd.engine.recipe import _optimisation_recipe
+    from okd.engine.recipe import recipe_for
 
-    return int(_optimisation_recipe(method, "cifar100")["batch_size"])
+    return int(recipe_for(method, "cifar100", ["resnet32"])["batch_size"])
 
 
 def build_case(
@@ -135,7 +135,7 @@ def build_case(
     """Config, loaders, method, optimiser and forward module, built as the Trainer builds them."""
     from okd.engine import distributed as okd_dist
     from okd.engine.config import TrainConfig
-    from okd.engine.recipe import NCE_K_BY_BACKBONE, resolve_config
+    from okd.engine.recipe import recipe_for, resolve_config
     from okd.engine.step import make_optimizer
     from okd.engine.trainer import build_for_config, resolve_device
 
@@ -154,7 +154,7 @@ def build_case(
             eval_batch_size=eval_batch_size,
             lr=0.05 if method == "mcl_okd" else 0.1,
             wd=5e-4,
-            nce_k=NCE_K_BY_BACKBONE.get(arch, 256) if method == "mcl_okd" else None,
+            nce_k=recipe_for(method, "cifar100", [arch]).get("nce_k"),
             device=device,
             amp=amp,
             compile=compile,

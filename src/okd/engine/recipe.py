@@ -33,6 +33,11 @@ def dataset_recipe(dataset: str) -> dict[str, float | int]:
     return {"epochs": 2, "batch_size": 32, "lr": 0.05, "wd": 5e-4}  # synthetic smoke runs
 
 
+def recipe_for(method: str, dataset: str, backbones: list[str]) -> dict[str, Any]:
+    """What the recipe fills for ``method`` on ``dataset``: the dataset's values, then the method's own."""
+    return {**dataset_recipe(dataset), **get_method_class(method).recipe(dataset, backbones)}
+
+
 def _fit_batch_to_sampler(cfg: TrainConfig, method_sampler: str, recipe: dict) -> dict:
     """An m-per-class batch holds at most m x (number of classes) samples: a recipe batch larger than
     that (digits: 64 > 2 x 10) shrinks to fit, with the recipe's lr scaled alike (same lr/batch ratio).
@@ -81,7 +86,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     if dataset not in DATASETS:
         raise OKDUserError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(DATASETS)}")
     cls = get_method_class(method)
-    recipe = {**dataset_recipe(dataset), **cls.recipe(dataset, names)}
+    recipe = recipe_for(method, dataset, names)
     changes: dict = {"method": method, "arch": format_arch(names), "dataset": dataset}
     engine_recipe = {}
     for key, value in recipe.items():
