@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
-from okd.data.config import DataConfig, DataSpec
+from okd.data.config import DataConfig, DataSpec, eval_batch_per_rank
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
 from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
@@ -99,11 +99,6 @@ def first_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int, 
     rank_in_class = torch.arange(labels.numel()) - starts[labels[order]]
     keep = order[rank_in_class < per_class].sort().values
     return images[keep], labels[keep]
-
-
-def eval_batch_per_rank(cfg: DataConfig) -> int:
-    """Evaluation batches need not split evenly (the order does not matter): round up."""
-    return -(-cfg.eval_batch_size // cfg.world_size)
 
 
 def in_memory(

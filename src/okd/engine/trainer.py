@@ -24,7 +24,7 @@ from okd.engine import distributed as okd_dist
 from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from okd.engine.config import TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
 from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
-from okd.engine.progress import progress
+from okd.common.progress import progress
 from okd.engine.rundir import RunDir
 from okd.engine.schedule import learning_rate
 from okd.engine.step import autocast, make_optimizer, train_step
@@ -183,7 +183,7 @@ def evaluate(method: OKDMethod, forward: nn.Module, loader, device: torch.device
 
 
 @dataclass
-class _EpochSums:
+class EpochSums:
     """Loss sums of the current epoch, kept on the device; read once at the end of the epoch."""
 
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -220,7 +220,7 @@ class _EpochSums:
         return {"terms": terms, "steps": self.steps, "images": self.images, "seconds": self.seconds}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> _EpochSums:
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochSums:
         return cls({k: v.to(device) for k, v in state["terms"].items()}, state["steps"], state["images"], state["seconds"])
 
 
@@ -397,7 +397,7 @@ class Trainer:
         with _StopSignals() as stop:
             for epoch in range(self.start_epoch, cfg.epochs):
                 start_step = self.start_step if epoch == self.start_epoch else 0
-                sums = _EpochSums.from_state(self.partial, self.device) if (self.partial and start_step) else _EpochSums()
+                sums = EpochSums.from_state(self.partial, self.device) if (self.partial and start_step) else EpochSums()
                 self._train_epoch(epoch, start_step, sums, stop)
                 okd_dist.broadcast_norm_stats(self.method)  # evaluate with the statistics rank 0 saves
                 test = evaluate(self.method, self.forward, self.eval_loader, self.device, self.amp, cfg.limit_batches)
@@ -409,7 +409,7 @@ class Trainer:
                 self.tensorboard.close()
         return summary
 
-    def _train_epoch(self, epoch: int, start_step: int, sums: _EpochSums, stop: _StopSignals) -> None:
+    def _train_epoch(self, epoch: int, start_step: int, sums: EpochSums, stop: _StopSignals) -> None:
         cfg = self.cfg
         lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.lr_schedule, cfg.milestones, cfg.lr_gamma)
         for group in self.optimizer.param_groups:
@@ -471,7 +471,7 @@ class Trainer:
                 f"stopped, the last good checkpoint is {self.run.last} (try a lower --lr, or --nan-policy skip-step)"
             )
 
-    def _end_epoch(self, epoch: int, sums: _EpochSums, test: dict[str, dict[str, float]]) -> None:
+    def _end_epoch(self, epoch: int, sums: EpochSums, test: dict[str, dict[str, float]]) -> None:
         train = sums.means()
         record = {
             "epoch": epoch + 1,

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.engine.distributed import all_gather_rows, is_distributed
+from okd.common.collectives import all_gather_rows, is_distributed
 from okd.errors import OKDUserError
 from okd.losses.contrastive import (
     batch_normaliser,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.engine.ema import ema_update_
+from okd.common.ema import ema_update_
 from okd.losses.distill import sum_cross_entropy
 from okd.losses.pcl import RAMPUP_MODES, pcl_rampup, peer_ensemble_kl, peer_mean_kl
 from okd.methods.base import OKDMethod
