@@ -65,12 +65,16 @@ def method_named_in(argv: Sequence[str]) -> str | None:
     from okd.methods import resolve_method_name, split_arch
     from okd.plugins import import_plugins
 
+    from okd.engine.options import saved_plugins
+
     pre = argparse.ArgumentParser(add_help=False)
-    for flag in ("--method", "--arch", "--config"):
+    for flag in ("--method", "--arch", "--config", "--out"):
         pre.add_argument(flag)
+    pre.add_argument("-r", "--resume", action="store_true")
     add_plugin_argument(pre)
     known, _ = pre.parse_known_args(argv)
     try:
+        import_plugins(saved_plugins(known.out) if known.resume and known.out else None)  # a resumed run's own
         import_plugins(known.plugins)
         saved = {normalise_key(k): v for k, v in read_yaml_config(known.config).items()} if known.config else {}
         method, arch = known.method or saved.get("method"), known.arch or saved.get("arch")
