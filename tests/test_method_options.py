@@ -118,3 +118,10 @@ def test_a_plugin_methods_option_trains_resumes_and_reports(tmp_path: Path, caps
     assert "avg_teacher" in capsys.readouterr().out
     assert okd.evaluate(out / "last.pt", limit_batches=1)["method"] == "avg_teacher"
     assert json.loads((out / "summary.json").read_text())["epochs_done"] == 2
+
+
+def test_readme_add_a_method_is_the_tested_example() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = readme.split("### Add a method", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    source = (EXAMPLES / "my_models.py").read_text().splitlines()
+    assert [line for line in block.splitlines() if line not in source] == []
