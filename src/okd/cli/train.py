@@ -120,7 +120,7 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
                       "(default: the backbone's input size, 32 for the CIFAR nets)")
     data.add_argument("--val-split", type=float, help="--dataset folder: hold out this fraction of each train/ class "
                       "for validation (seeded; no val/ needed), e.g. 0.1")
-    data.add_argument("--in-memory", choices=("auto", "yes", "no"), help="--dataset folder: decode every image once "
+    data.add_argument("--in-memory", type=str.lower, choices=("auto", "yes", "no"), help="--dataset folder: decode every image once "
                       "into memory and augment as CIFAR (yes), stream from disk (no), or decide by size (auto, default)")
     for name, what in (("train", "training images (512)"), ("test", "test images (256)"), ("classes", "classes (10)"),
                        ("size", "image side in pixels (32)")):
@@ -152,12 +152,12 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
     run.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     _bool_pair(run, "channels-last", "channels_last memory format (default: on; faster on CPU and CUDA)")
     run.add_argument("--compile", action="store_true", help="torch.compile the cohort")
-    run.add_argument("--sgd-impl", choices=("auto", "fused", "foreach", "loop"),
+    run.add_argument("--sgd-impl", type=str.lower, choices=("auto", "fused", "foreach", "loop"),
                      help="SGD kernel: auto (default: fused on CUDA, foreach on CPU) | fused | foreach | loop (per parameter)")
     run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across distributed ranks")
     run.add_argument("--limit-batches", type=int, help="train and eval at most N batches per epoch (smoke runs)")
-    run.add_argument("--nan-policy", choices=("stop", "skip-step"), help="on a non-finite loss: stop (default) or skip the step")
+    run.add_argument("--nan-policy", type=str.lower, choices=("stop", "skip-step"), help="on a non-finite loss: stop (default) or skip the step")
     run.add_argument("--log-interval", type=int, help="steps between progress updates (default 50)")
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in the run folder")
 

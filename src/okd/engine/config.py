@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -37,7 +38,7 @@ class TrainConfig:
     dataset: str = "digits"
     data: str | None = None
     download: bool = False
-    workers: int = 8
+    workers: int = field(default_factory=lambda: default_workers())  # the CPUs this process may use, at most 8
     synthetic_train: int = 512
     synthetic_test: int = 256
     synthetic_classes: int = 10
@@ -97,6 +98,17 @@ TrainConfig.__init__ = _init  # type: ignore[method-assign]
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tensorboard", "log_interval", "download", "data"}
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def default_workers() -> int:
+    """Decoding processes by default: the CPUs this process may run on, capped at 8."""
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return max(1, min(8, os.cpu_count() or 1))
+
+
 _KEY_ALIASES = {
     "init_lr": "lr",
     "weight_decay": "wd",
@@ -126,10 +138,11 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     """A ``--config`` YAML file as ``{key: value}`` (not checked yet: the file's plugins may declare
     some of its options). A nested ``method_options:`` mapping is flattened."""
     path = Path(path)
+    text = _small_text(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise OKDUserError(f"config file {path} does not exist") from None
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise OKDUserError(f"config file {path} uses YAML aliases (*name); write each value out")
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise OKDUserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if raw is None:
@@ -140,6 +153,30 @@ def read_yaml_config(path: str | Path) -> dict[str, Any]:
     if isinstance(nested, dict):
         raw.update(nested)
     return {str(key): value for key, value in raw.items()}
+
+
+def _small_text(path: Path) -> str:
+    """The file's text, if it is a regular file of at most 1 MB of UTF-8 (never reads a device or a huge file)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise OKDUserError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise OKDUserError(f"config file {path} cannot be read: {exc.strerror}") from None
+    if not path.is_file():
+        raise OKDUserError(f"config file {path} is not a regular file; give a YAML file of options")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise OKDUserError(f"config file {path} is {info.st_size} bytes; a config file holds at most {MAX_CONFIG_BYTES} (1 MB)")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES or b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data[:1], 0, 1, "binary")
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OKDUserError(f"config file {path} is not UTF-8 text; give a YAML file of options") from None
+    except OSError as exc:
+        raise OKDUserError(f"config file {path} cannot be read: {exc.strerror}") from None
 
 
 def check_names(values: dict[str, Any], where: str = "") -> dict[str, Any]:

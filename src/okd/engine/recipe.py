@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from okd.common.values import check_range
 from okd.data import DATASETS
 from okd.data.build import known_num_classes
 from okd.data.config import check_folder_options
@@ -88,6 +89,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     cls = get_method_class(method)
     recipe = recipe_for(method, dataset, names)
     changes: dict = {"method": method, "arch": format_arch(names), "dataset": dataset}
+    for name in ("share", "sampler", "lr_schedule", "sgd_impl", "nan_policy", "in_memory", "device"):  # any case
+        if isinstance(getattr(cfg, name), str):
+            changes[name] = getattr(cfg, name).lower()
     engine_recipe = {}
     for key, value in recipe.items():
         if key in _ENGINE_FIELDS and getattr(cfg, key) is None:
@@ -114,11 +118,19 @@ _ENGINE_FIELDS = {"num_peers", "epochs", "batch_size", "eval_batch_size", "lr", 
                   "lr_schedule", "lr_gamma", "sampler", "m_per_class", "early", "late"}
 
 
+# Upper bounds past which a value is a mistake, not a choice (numpy's seeds stop below 2**32).
+UPPER = {"lr": (10.0, False), "wd": (1.0, True), "momentum": (1.0, False), "seed": (2**32 - 1, False)}
+
+
 def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) -> None:
-    for name in ("epochs", "batch_size", "eval_batch_size", "lr", "num_peers", "log_interval"):
+    for name in ("epochs", "batch_size", "eval_batch_size", "lr", "num_peers", "log_interval", "lr_gamma"):
         check_positive(name, getattr(cfg, name))
     for name in ("wd", "momentum", "workers", "seed"):
         check_positive(name, getattr(cfg, name), strict=False)
+    for name, (maximum, exclusive) in UPPER.items():
+        check_range(name, getattr(cfg, name), maximum=maximum, exclusive_maximum=exclusive)
+    for milestone in cfg.milestones or []:
+        check_positive("milestones", milestone)
     check_positive("train_per_class", cfg.train_per_class)
     if cfg.sampler not in ("auto", *SAMPLERS):
         raise OKDUserError(f"--sampler must be auto, {' or '.join(SAMPLERS)}, got {cfg.sampler!r}")
