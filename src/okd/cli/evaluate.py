@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from okd.common.tables import format_table
+from okd.engine.checkpoint_path import resolve_checkpoint
 from okd.plugins import add_plugin_argument, import_plugins
 from okd.report.evaluate import evaluate_checkpoint
 
@@ -13,13 +15,15 @@ from okd.report.evaluate import evaluate_checkpoint
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on its test set",
                        description="Evaluate a checkpoint written by `okd train` (best.pt or last.pt).")
-    p.add_argument("--checkpoint", required=True, help="path to best.pt / last.pt")
+    p.add_argument("--checkpoint", required=True, help="a run folder (its best.pt is used) or best.pt / last.pt")
     p.add_argument("--dataset", help="evaluate on another dataset with the same classes (default: the training one)")
     p.add_argument("--data", help="dataset location, if it moved since training; for --dataset folder any folder "
                    "whose val/<class> names are among the run's classes (labels follow the names)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--limit-batches", type=int, help="evaluate at most N batches")
+    p.add_argument("--workers", type=int, help="image-decoding worker processes for folder/ImageNet data "
+                   "(default: the run's, at most this machine's cores)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     add_plugin_argument(p, "; the run's own plugins are imported anyway")
     p.set_defaults(run=run_eval)
@@ -35,7 +39,11 @@ def head_label(head: str, peer_archs: list[str]) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     import_plugins(args.plugins)
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.limit_batches, args.dataset)
+    checkpoint, note = resolve_checkpoint(args.checkpoint)
+    if note is not None:
+        print(f"okd eval: {note}", file=sys.stderr)
+    result = evaluate_checkpoint(str(checkpoint), args.data, args.device, args.batch_size, args.limit_batches, args.dataset,
+                                 args.workers)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
