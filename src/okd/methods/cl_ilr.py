@@ -19,7 +19,7 @@ import torch
 from okd.data.batch import Batch
 from okd.losses.distill import kl_to_targets, mean_of_others, sum_cross_entropy
 from okd.methods.base import OKDMethod
-from okd.methods.options import Option
+from okd.methods.options import temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -36,8 +36,7 @@ class CLILR(OKDMethod):
     default_share = "tree"
     allowed_shares = ("tree",)
     BETA = 0.5  # fixed by the CL paper, not an option
-    options = (Option("kd_t", float, 2.0, "distillation temperature", minimum=0.0, exclusive_minimum=True,
-           aliases=("--kd_T", "--kd-T")),)
+    options = (temperature(2.0),)
 
     @property
     def kd_t(self) -> float:

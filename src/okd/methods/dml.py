@@ -12,7 +12,7 @@ import torch
 from okd.data.batch import Batch
 from okd.losses.distill import mutual_kl, sum_cross_entropy
 from okd.methods.base import OKDMethod
-from okd.methods.options import Option
+from okd.methods.options import temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -25,8 +25,7 @@ class DML(OKDMethod):
     default_share = "early"
     allowed_shares = ("none", "early")
     supports_heterogeneous = True
-    options = (Option("kd_t", float, 2.0, "distillation temperature", minimum=0.0, exclusive_minimum=True,
-           aliases=("--kd_T", "--kd-T")),)
+    options = (temperature(2.0),)
 
     @property
     def kd_t(self) -> float:

@@ -17,7 +17,7 @@ from okd.errors import OKDUserError
 from okd.losses.distill import kl_to_targets, sum_cross_entropy
 from okd.losses.ensemble_targets import ENSEMBLE_RULES
 from okd.methods.base import OKDMethod
-from okd.methods.options import Option
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -45,8 +45,7 @@ class KDCL(OKDMethod):
     allowed_shares = ("none", "early", "late")
     supports_heterogeneous: ClassVar[bool] = True
     options = (
-        Option("kd_t", float, 4.0, "distillation temperature", minimum=0.0, exclusive_minimum=True,
-               aliases=("--kd_T", "--kd-T")),
+        temperature(4.0),
         Option("alpha", float, 0.5, "distillation weight; the cross-entropy weighs 1 - alpha", minimum=0.0, maximum=1.0,
                aliases=("-a",)),
         Option("kdcl_rule", str, "minlogit", "soft target built from the peers", choices=tuple(ENSEMBLE_RULES),

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.losses.contrastive import l2_normalise
+from okd.losses.contrastive import embed
 from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.mcl import mcl_terms
 from okd.methods.base import OKDMethod
-from okd.methods.options import Option
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput, parse_arch
 
@@ -55,8 +55,7 @@ class MCL(OKDMethod):
     train_sampler = "m_per_class"
     supports_heterogeneous = True
     options = (
-        Option("kd_t", float, 3.0, "temperature of the soft terms and of the logit distillation", minimum=0.0,
-               exclusive_minimum=True, aliases=("--kd_T", "--kd-T")),
+        temperature(3.0, "temperature of the soft terms and of the logit distillation"),
         Option("feat_dim", int, 128, "embedding size", minimum=1),
         Option("mcl_tau", float, 0.1, "temperature of the embedding similarities", minimum=0.0, exclusive_minimum=True),
         _weight("mcl_vcl", 0.1, "the intra-network contrastive loss (the code's alpha)"),
@@ -88,9 +87,7 @@ class MCL(OKDMethod):
     def forward(self, images: torch.Tensor) -> CohortOutput:
         """Cohort + projection heads (inside forward, so DDP sees them); embeddings [N, B, D] in extras."""
         output = self.cohort(images)
-        output.extras["embeddings"] = torch.stack(
-            [l2_normalise(head(torch.flatten(f, 1)).float()) for head, f in zip(self.embed, output.features)]
-        )
+        output.extras["embeddings"] = embed(self.embed, output.features)
         return output
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:

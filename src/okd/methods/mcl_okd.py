@@ -26,7 +26,7 @@ from okd.common.collectives import all_gather_rows, is_distributed
 from okd.errors import OKDUserError
 from okd.losses.contrastive import (
     batch_normaliser,
-    l2_normalise,
+    embed,
     momentum_update_,
     multiview_scores,
     nce_loss,
@@ -34,7 +34,7 @@ from okd.losses.contrastive import (
 from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.negatives import ClassIndex, build_class_index, check_num_negatives, contrast_indices
 from okd.methods.base import DatasetInfo, OKDMethod
-from okd.methods.options import Option, check_values
+from okd.methods.options import Option, check_values, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -71,7 +71,7 @@ class MCLOKD(OKDMethod):
                "'+MCL' ablation", minimum=0.0, aliases=("-a",)),
         Option("beta", float, 0.025, "weight of the multi-view contrastive loss", minimum=0.0, aliases=("-b",)),
         Option("gamma", float, 1.0, "weight of the cross-entropy", minimum=0.0),
-        Option("kd_t", float, 3.0, "temperature of the DOT", minimum=0.0, exclusive_minimum=True, aliases=("--kd_T", "--kd-T")),
+        temperature(3.0, "temperature of the DOT"),
         Option("nce_k", int, 16384, "negatives per sample (recipe: 256 for the CIFAR ResNets and DenseNet)", minimum=1),
         Option("nce_t", float, 0.1, "temperature of the contrastive scores (recipe: 0.07 on ImageNet)", minimum=0.0,
                exclusive_minimum=True),
@@ -129,9 +129,7 @@ class MCLOKD(OKDMethod):
     def forward(self, images: torch.Tensor) -> CohortOutput:
         """Cohort + embedding heads (inside forward, so DDP sees the heads); embeddings [N, B, D] in extras."""
         output = self.cohort(images)
-        output.extras["embeddings"] = torch.stack(
-            [l2_normalise(head(torch.flatten(f, 1)).float()) for head, f in zip(self.embed, output.features)]
-        )
+        output.extras["embeddings"] = embed(self.embed, output.features)
         return output
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from torch import nn
 from okd.data.batch import Batch
 from okd.losses.distill import attention_targets, kl_div_t, kl_to_targets, rampup_weight, sum_cross_entropy
 from okd.methods.base import OKDMethod
-from okd.methods.options import Option
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -36,8 +36,7 @@ class OKDDip(OKDMethod):
     default_share = "late"
     allowed_shares = ("late",)
     options = (
-        Option("kd_t", float, 3.0, "distillation temperature", minimum=0.0, exclusive_minimum=True,
-           aliases=("--kd_T", "--kd-T")),
+        temperature(3.0),
         Option("rampup_epochs", int, 80, "epochs of the sigmoid ramp-up of the distillation weight", minimum=0),
     )
 

@@ -17,7 +17,7 @@ from torch import nn
 from okd.data.batch import Batch
 from okd.losses.distill import kl_to_targets, sum_cross_entropy
 from okd.methods.base import OKDMethod
-from okd.methods.options import Option
+from okd.methods.options import temperature
 from okd.methods.registry import register_method
 from okd.models import Cohort, CohortOutput
 
@@ -60,8 +60,7 @@ class ONE(OKDMethod):
     name = "one"
     default_share = "late"
     allowed_shares = ("late",)
-    options = (Option("kd_t", float, 3.0, "distillation temperature", minimum=0.0, exclusive_minimum=True,
-           aliases=("--kd_T", "--kd-T")),)
+    options = (temperature(3.0),)
 
     def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None, **options: Any) -> None:
         super().__init__(backbone, num_classes, num_peers, share, **options)

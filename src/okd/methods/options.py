@@ -73,6 +73,11 @@ class Option:
         return value
 
 
+def temperature(default: float, help: str = "distillation temperature") -> Option:
+    """The ``kd_t`` option most methods declare, with the original scripts' ``--kd_T`` spelling."""
+    return Option("kd_t", float, default, help, minimum=0.0, exclusive_minimum=True, aliases=("--kd_T", "--kd-T"))
+
+
 class OptionValues(dict):
     """A method's checked option values, read as attributes (``self.opt.kd_t``)."""
 

@@ -20,7 +20,7 @@ from okd.common.ema import ema_update_
 from okd.losses.distill import sum_cross_entropy
 from okd.losses.pcl import RAMPUP_MODES, pcl_rampup, peer_ensemble_kl, peer_mean_kl
 from okd.methods.base import OKDMethod
-from okd.methods.options import Option
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -41,8 +41,7 @@ class PCL(OKDMethod):
     allowed_shares = ("late", "early", "none")
     min_peers = 2
     options = (
-        Option("kd_t", float, 3.0, "distillation temperature", minimum=0.0, exclusive_minimum=True,
-               aliases=("--kd_T", "--kd-T")),
+        temperature(3.0),
         Option("rampup_epochs", int, 80, "epochs of the consistency ramp-up", minimum=0),
         Option("pcl_rampup", str, "intended", "intended, or reimpl: the public re-implementation's ramp-up bug (KD off "
                "for epochs 2-80; only to reproduce its numbers)", choices=tuple(RAMPUP_MODES)),
