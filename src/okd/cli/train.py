@@ -115,7 +115,7 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
                       "train/<class>/ and val/<class>/")
     data.add_argument("--download", action="store_true", help="fetch CIFAR-10/100 into --data if missing (verifies its MD5)")
     data.add_argument("--workers", "--num-workers", dest="workers", type=int,
-                      help="image decoding processes for imagenet and folder (default 8)")
+                      help="image decoding processes for imagenet and folder (default: the CPUs this process may use, at most 8)")
     data.add_argument("--image-size", type=int, help="--dataset folder: train and evaluate at N x N pixels "
                       "(default: the backbone's input size, 32 for the CIFAR nets)")
     data.add_argument("--val-split", type=float, help="--dataset folder: hold out this fraction of each train/ class "
