@@ -125,3 +125,9 @@ def test_readme_add_a_method_is_the_tested_example() -> None:
     block = readme.split("### Add a method", 1)[1].split("```python", 1)[1].split("```", 1)[0]
     source = (EXAMPLES / "my_models.py").read_text().splitlines()
     assert [line for line in block.splitlines() if line not in source] == []
+
+
+def test_mcl_on_cifar10_fits_its_batch_to_the_data_layers_class_count() -> None:
+    """The class count comes from the dataset's declaration (okd.data), so CIFAR-10 is not left out."""
+    cfg = train_config({"method": "mcl", "dataset": "cifar10", "download": True, "data": "/nonexistent"})
+    assert (cfg.batch_size, cfg.lr) == (20, pytest.approx(0.1 * 20 / 128))
