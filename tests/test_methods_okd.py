@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from plain_math import ce_tensor as ce, kl_t_tensor as kl, softmax_t_tensor as softmax_t
 from okd.data.batch import Batch
 from okd.methods import DatasetInfo, build_method, split_arch
 from okd.models import CohortOutput, count_params, list_backbones
@@ -31,21 +32,7 @@ Y = torch.tensor([1, 2])
 BATCH = Batch(torch.zeros(2, 3, 32, 32), Y, torch.arange(2))
 
 
-# -- independent plain-tensor formulas ------------------------------------------------------------
-def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return -torch.log(torch.exp(z) / torch.exp(z).sum(1, keepdim=True))[torch.arange(len(y)), y].mean()
-
-
-def kl(s: torch.Tensor, t: torch.Tensor, T: float) -> torch.Tensor:
-    p_t = torch.exp(t / T) / torch.exp(t / T).sum(1, keepdim=True)
-    p_s = torch.exp(s / T) / torch.exp(s / T).sum(1, keepdim=True)
-    return T * T * (p_t * (p_t.log() - p_s.log())).sum(1).mean()
-
-
-def softmax_t(z: torch.Tensor, T: float) -> torch.Tensor:
-    return torch.exp(z / T) / torch.exp(z / T).sum(1, keepdim=True)
-
-
+# -- hand-made cohort outputs (the formulas: tests/plain_math.py) -----------------------------------
 def leaves() -> list[torch.Tensor]:
     return [torch.tensor(z, requires_grad=True) for z in Z]
 

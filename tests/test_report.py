@@ -319,7 +319,7 @@ def test_reproduce_prints_a_parsable_command_per_cell(capsys: pytest.CaptureFixt
 
 def test_reproduce_pins_the_recipe_values(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Recipe-filled values are written into each command, from okd train's own recipe code."""
-    import okd.engine.recipe as recipe
+    from okd.methods import mcl_okd
     from okd.cli.train import config_from_args
     from okd.engine.recipe import resolve_config
 
@@ -343,7 +343,7 @@ def test_reproduce_pins_the_recipe_values(capsys: pytest.CaptureFixture[str], mo
     (line,) = _commands(capsys, "--table", "imagenet", "--method", "mcl_okd", "--", "--epochs", "5", "--num-peers", "2")[1::2]
     assert line.count("--epochs") == line.count("--num-peers") == 1 and line.endswith("--epochs 5 --num-peers 2")
     # a later change of okd train's recipe changes the commands with it (no duplicated defaults)
-    monkeypatch.setattr(recipe, "NCE_K_BY_BACKBONE", {**recipe.NCE_K_BY_BACKBONE, "vgg16": 4096})
+    monkeypatch.setattr(mcl_okd, "NCE_K_BY_BACKBONE", {**mcl_okd.NCE_K_BY_BACKBONE, "vgg16": 4096})  # MCL-OKD's own recipe
     assert "--nce-k 4096" in _commands(capsys, "--table", "ablation", "--arch", "vgg16")[-1]
 
 

@@ -48,7 +48,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data: str | 
 
     ``dataset``/``data`` evaluate on another dataset with the same classes, or where the data moved.
     """
-    from okd.cli.evaluate import evaluate_checkpoint
+    from okd.report.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(str(checkpoint), data, device, batch_size, limit_batches, dataset, workers)
 

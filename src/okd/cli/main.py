@@ -21,7 +21,8 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``okd`` parser; for ``okd train`` ``argv``, with the options of the method it names (its --help)."""
     parser = argparse.ArgumentParser(
         prog="okd",
         description="Online knowledge distillation: train a cohort of peers that teach each other.",
@@ -33,12 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        module.add_parser(sub)
+        if name == "train" and argv and argv[0] == "train":
+            module.add_parser(sub, module.method_named_in(argv[1:]))
+        else:
+            module.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

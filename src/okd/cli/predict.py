@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from okd.cli.tables import format_table
+    from okd.common.tables import format_table
     from okd.engine.checkpoint_path import resolve_checkpoint
     from okd.plugins import import_plugins
     from okd.report.predict import classify, from_checkpoint, from_model

@@ -7,12 +7,19 @@ from collections.abc import Sequence
 import torch
 
 from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
-from okd.data.config import DataConfig, DataSpec
+from okd.data.config import DataConfig, DataSpec, eval_batch_per_rank
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
 from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
 
 DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic")
+# Classes of each fixed dataset (a folder's come from its sub-folders, synthetic's from its option).
+NUM_CLASSES: dict[str, int] = {"cifar100": 100, "cifar10": 10, "imagenet": 1000, "digits": 10}
+
+
+def known_num_classes(dataset: str, synthetic_classes: int) -> int | None:
+    """The class count of ``dataset`` without reading it, or None where only the data can tell (folder)."""
+    return synthetic_classes if dataset == "synthetic" else NUM_CLASSES.get(dataset)
 DEFAULT_DATA_DIR = "./data"  # the reference scripts' --data default
 
 
@@ -92,11 +99,6 @@ def first_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int, 
     rank_in_class = torch.arange(labels.numel()) - starts[labels[order]]
     keep = order[rank_in_class < per_class].sort().values
     return images[keep], labels[keep]
-
-
-def eval_batch_per_rank(cfg: DataConfig) -> int:
-    """Evaluation batches need not split evenly (the order does not matter): round up."""
-    return -(-cfg.eval_batch_size // cfg.world_size)
 
 
 def in_memory(

@@ -74,3 +74,8 @@ def check_folder_options(dataset: str, image_size: int | None, val_split: float 
         raise OKDUserError(f"--image-size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size}")
     if val_split is not None and not 0 < val_split < 1:
         raise OKDUserError(f"--val-split must be a fraction strictly between 0 and 1 (e.g. 0.1), got {val_split}")
+
+
+def eval_batch_per_rank(cfg: DataConfig) -> int:
+    """Evaluation batches need not split evenly (the order does not matter): round up."""
+    return -(-cfg.eval_batch_size // cfg.world_size)

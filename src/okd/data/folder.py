@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
-from okd.data.config import DataConfig, DataSpec, check_folder_options
+from okd.data.config import DataConfig, DataSpec, check_folder_options, eval_batch_per_rank
 from okd.data.imagenet import EvalFolder, FolderEvalLoader, FolderTrainLoader, TrainFolder, _batches
 from okd.data.loaders import TensorEvalLoader, TensorTrainLoader
 from okd.data.sampling import cpu_generator, even_split, make_plan
@@ -223,7 +223,7 @@ def _available_host_memory() -> int:
 
 def decode_all(samples: list[tuple[str, int]], size: int, device: torch.device, workers: int, what: str, show: bool) -> torch.Tensor:
     """uint8 [N, 3, size, size] on ``device``: every image resized and centre-cropped, in a worker pool."""
-    from okd.engine.progress import progress
+    from okd.common.progress import progress
 
     store = torch.empty((len(samples), 3, size, size), dtype=torch.uint8, device=device)
     dataset = EvalFolder(SampleList(samples), 0, len(samples), size=size, resize=size)
@@ -239,7 +239,6 @@ def decode_all(samples: list[tuple[str, int]], size: int, device: torch.device, 
 
 def build_folder(cfg: DataConfig, data_dir: str | Path, device: torch.device) -> tuple[DataSpec, Any, Any]:
     """Spec and loaders for an image folder; the spec's manifest is what the run must save."""
-    from okd.data.build import eval_batch_per_rank
 
     check_folder_options("folder", cfg.image_size, cfg.val_split, cfg.in_memory)
     root = Path(data_dir).expanduser()
@@ -278,7 +277,6 @@ def build_folder(cfg: DataConfig, data_dir: str | Path, device: torch.device) ->
 
 
 def _streamed_eval(val: list[tuple[str, int]], size: int, cfg: DataConfig, device: torch.device) -> FolderEvalLoader:
-    from okd.data.build import eval_batch_per_rank
 
     start, stop = even_split(len(val), cfg.world_size, cfg.rank)
     return FolderEvalLoader(EvalFolder(SampleList(val), start, stop, size=size, resize=size), eval_batch_per_rank(cfg), cfg, device)

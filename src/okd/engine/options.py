@@ -8,32 +8,14 @@ when none are given) so the resumed config still matches the checkpoint's.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from okd.engine.config import TrainConfig, config_from_mapping, load_yaml_config, normalise_key
-from okd.errors import OKDUserError
+from okd.engine.config import TrainConfig, check_names, config_from_mapping, normalise_key, read_yaml_config
 from okd.plugins import import_plugins
-
-OPTION_NAMES = tuple(f.name for f in fields(TrainConfig))
-
-
-def check_option_names(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Option names (aliases such as ``init_lr`` allowed) -> TrainConfig field names; a typo is a user error."""
-    checked = {}
-    for key, value in options.items():
-        name = normalise_key(key)
-        if name not in OPTION_NAMES:
-            close = difflib.get_close_matches(name, OPTION_NAMES, n=3, cutoff=0.6)
-            hint = f"did you mean {' or '.join(close)}?" if close else f"known options: {', '.join(OPTION_NAMES)}"
-            raise OKDUserError(f"unknown option {key!r}; {hint}")
-        checked[name] = value
-    return checked
 
 
 def saved_plugins(run_folder: str | Path) -> list[str] | None:
@@ -48,10 +30,16 @@ def saved_plugins(run_folder: str | Path) -> list[str] | None:
 
 
 def given_config(options: Mapping[str, Any], config_file: str | Path | None = None) -> TrainConfig:
-    """Defaults < the YAML file < ``options``, coerced and type-checked; the recipe is not filled yet."""
-    values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
-    values.update(check_option_names(options))
-    return config_from_mapping(values)
+    """Defaults < the YAML file < ``options``, coerced and type-checked; the recipe is not filled yet.
+
+    The plugins named there are imported first: their methods' options are names the file may use.
+    """
+    raw_file: dict[str, Any] = read_yaml_config(config_file) if config_file else {}
+    given = {normalise_key(key): value for key, value in options.items()}
+    import_plugins(config_from_mapping({"plugins": given.get("plugins", raw_file.get("plugins"))}).plugins)
+    from_file = check_names(raw_file, f" in config file {config_file}")
+    given = check_names(dict(options))
+    return config_from_mapping({**from_file, **given})
 
 
 def train_config(options: Mapping[str, Any], *, config_file: str | Path | None = None,
@@ -59,10 +47,10 @@ def train_config(options: Mapping[str, Any], *, config_file: str | Path | None =
     """The validated config of a run from its options (TrainConfig field names) and an optional YAML file."""
     from okd.engine.recipe import resolve_config
 
+    previous = saved_plugins(resume_from) if resume_from is not None else None
+    import_plugins(previous)  # before the options are read: the run's plugin methods declare some of them
     cfg = given_config(options, config_file)
     if resume_from is not None:
-        previous = saved_plugins(resume_from)
-        import_plugins(previous)
         if cfg.plugins is None:
             cfg.plugins = previous
     import_plugins(cfg.plugins)

@@ -22,9 +22,9 @@ from torch import nn
 from okd.data import DataConfig, DataSpec, build_data
 from okd.engine import distributed as okd_dist
 from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
-from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
+from okd.engine.config import TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
 from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
-from okd.engine.progress import progress
+from okd.common.progress import progress
 from okd.engine.step_log import StepLog
 from okd.engine.rundir import RunDir
 from okd.engine.schedule import learning_rate
@@ -117,11 +117,10 @@ def build_for_config(
         m_per_class=cfg.m_per_class,
     )
     spec, train_loader, eval_loader = build_data(data_cfg)
-    options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     info = DatasetInfo(num_train=spec.num_train, num_classes=spec.num_classes, train_targets=spec.train_targets)
     with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg)):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
+        method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **cfg.method_options)
     if train_loader is not None:  # None when an evaluation skips the training images
         train_loader.set_views(method.train_views)
     method.to(device)
@@ -185,7 +184,7 @@ def evaluate(method: OKDMethod, forward: nn.Module, loader, device: torch.device
 
 
 @dataclass
-class _EpochSums:
+class EpochSums:
     """Loss sums of the current epoch, kept on the device; read once at the end of the epoch."""
 
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -222,7 +221,7 @@ class _EpochSums:
         return {"terms": terms, "steps": self.steps, "images": self.images, "seconds": self.seconds}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> _EpochSums:
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochSums:
         return cls({k: v.to(device) for k, v in state["terms"].items()}, state["steps"], state["images"], state["seconds"])
 
 
@@ -271,9 +270,13 @@ class Trainer:
             return None
         state = load_checkpoint(self.run.last, for_resume=True)
         previous = config_from_mapping(state["config"])
+        # older runs saved every method's options (null where unset, ignored where not the method's)
+        declared = {option.name for option in get_method_class(self.cfg.method).declared_options()}
+        previous.method_options = {k: v for k, v in previous.method_options.items() if k in declared}
         changed = diff_configs(previous, self.cfg)
         if changed:
-            detail = ", ".join(f"{k}: {getattr(previous, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            old, new = to_plain(previous), to_plain(self.cfg)
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
             raise OKDUserError(
                 f"--resume: {self.run.path} holds a run with another config ({detail}); only --epochs may grow. "
                 "Use a new --out folder, or --overwrite to replace the run"
@@ -395,7 +398,7 @@ class Trainer:
         with _StopSignals() as stop:
             for epoch in range(self.start_epoch, cfg.epochs):
                 start_step = self.start_step if epoch == self.start_epoch else 0
-                sums = _EpochSums.from_state(self.partial, self.device) if (self.partial and start_step) else _EpochSums()
+                sums = EpochSums.from_state(self.partial, self.device) if (self.partial and start_step) else EpochSums()
                 self._train_epoch(epoch, start_step, sums, stop)
                 okd_dist.broadcast_norm_stats(self.method)  # evaluate with the statistics rank 0 saves
                 test = evaluate(self.method, self.forward, self.eval_loader, self.device, self.amp, cfg.limit_batches)
@@ -407,7 +410,7 @@ class Trainer:
                 self.tensorboard.close()
         return summary
 
-    def _train_epoch(self, epoch: int, start_step: int, sums: _EpochSums, stop: _StopSignals) -> None:
+    def _train_epoch(self, epoch: int, start_step: int, sums: EpochSums, stop: _StopSignals) -> None:
         cfg = self.cfg
         lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.lr_schedule, cfg.milestones, cfg.lr_gamma)
         for group in self.optimizer.param_groups:
@@ -473,7 +476,7 @@ class Trainer:
                 f"stopped, the last good checkpoint is {self.run.last} (try a lower --lr, or --nan-policy skip-step)"
             )
 
-    def _end_epoch(self, epoch: int, sums: _EpochSums, test: dict[str, dict[str, float]]) -> None:
+    def _end_epoch(self, epoch: int, sums: EpochSums, test: dict[str, dict[str, float]]) -> None:
         train = sums.means()
         record = {
             "epoch": epoch + 1,

@@ -156,3 +156,8 @@ def momentum_update_(banks: torch.Tensor, indices: torch.Tensor, embeddings: tor
     embeddings = embeddings.detach().to(banks.dtype).index_select(1, last_occurrence(indices))
     old = banks.index_select(1, indices)
     banks.index_copy_(1, indices, l2_normalise(old * momentum + embeddings * (1.0 - momentum)))
+
+
+def embed(heads: "torch.nn.ModuleList", features: "list[torch.Tensor]") -> torch.Tensor:
+    """Each peer's L2-normalised embedding of its pooled feature, in float32: [N, B, D]."""
+    return torch.stack([l2_normalise(head(torch.flatten(f, 1)).float()) for head, f in zip(heads, features)])

@@ -19,6 +19,7 @@ import torch
 from okd.data.batch import Batch
 from okd.losses.distill import kl_to_targets, mean_of_others, sum_cross_entropy
 from okd.methods.base import OKDMethod
+from okd.methods.options import temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -34,18 +35,12 @@ class CLILR(OKDMethod):
     name = "cl_ilr"
     default_share = "tree"
     allowed_shares = ("tree",)
-    BETA = 0.5  # fixed, not the config's ``beta`` (that one is MCL-OKD's contrastive weight)
+    BETA = 0.5  # fixed by the CL paper, not an option
+    options = (temperature(2.0),)
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        kd_t: float = 2.0,
-    ) -> None:
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t = kd_t
+    @property
+    def kd_t(self) -> float:
+        return self.opt.kd_t
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         targets = mean_of_others([z.detach() for z in output.logits])

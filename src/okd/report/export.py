@@ -66,7 +66,7 @@ def _stand_in_dataset(num_classes: int, nce_k: int | None) -> Any:
 def load_method(path: str | Path) -> Loaded:
     """The trained method of a checkpoint, on the CPU in eval mode, without touching the dataset."""
     from okd.engine.checkpoint import load_checkpoint
-    from okd.engine.config import METHOD_OPTIONS, config_from_mapping
+    from okd.engine.config import config_from_mapping
     from okd.engine.trainer import backbone_options_of
     from okd.methods import build_method
     from okd.models import backbone_options
@@ -83,11 +83,10 @@ def load_method(path: str | Path) -> Loaded:
     if len(classifier) != 1:
         raise OKDUserError(f"{path}: no classifier weight under {_CLASSIFIER_STAGE!r} in the checkpoint's model")
     num_classes = int(weights[classifier[0]].shape[0])
-    options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     torch.manual_seed(0)  # the weights are overwritten; keep construction deterministic anyway
     with backbone_options(backbone_options_of(cfg, pretrained=False)):  # same branch points; weights from the file
         method = build_method(cfg.method, cfg.arch, num_classes, int(cfg.num_peers or 1), cfg.share,
-                              dataset=_stand_in_dataset(num_classes, cfg.nce_k), **options)
+                              dataset=_stand_in_dataset(num_classes, cfg.nce_k), **cfg.method_options)
     _load_weights(method, weights, path)
     method.eval()
     return Loaded(method, cfg, int(state.get("epoch", 0)), num_classes, Path(path), saved_class_names(state, num_classes))
