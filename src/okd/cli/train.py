@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_plugin_argument(what, "; saved with the run, so eval, export and --resume import it again")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic")
+    data.add_argument("--dataset", help="digits (embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic; "
+                      "default: what --data holds, digits without --data")
     data.add_argument("--data", help="CIFAR-10/100 archive/folder (or its parent), or an ImageNet/image-folder root with "
                       "train/<class>/ and val/<class>/")
     data.add_argument("--download", action="store_true", help="fetch CIFAR-10/100 into --data if missing (verifies its MD5)")

@@ -31,7 +31,7 @@ class TrainConfig:
     pretrained: bool = False  # timm:/tv: backbones: start every peer from locally cached weights
     plugins: list[str] | None = None  # modules imported first: they register the user's backbones/methods
     # data
-    dataset: str = "digits"
+    dataset: str | None = None  # default: what --data holds (okd.data.infer), the embedded digits without --data
     data: str | None = None
     download: bool = False
     workers: int = 8

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from okd.data import DATASETS
 from okd.data.config import check_folder_options
+from okd.data.infer import infer_dataset
 from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive
 from okd.errors import OKDUserError
@@ -60,6 +61,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     ``--arch a,b`` (one backbone per peer) sets the default --num-peers to the number of names; the
     only backbone-keyed recipe value (MCL-OKD's nce_k) follows peer 0's backbone.
     """
+    if cfg.dataset is None:
+        cfg = replace(cfg, dataset="digits" if cfg.data is None else infer_dataset(cfg.data, DATASETS, cfg.download))
     method_from_arch, backbone = split_arch(cfg.arch)
     names = backbone.split(",")
     method = resolve_method_name(cfg.method)
