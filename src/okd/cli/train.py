@@ -81,6 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--lr-schedule", "--lr-type", dest="lr_schedule", type=_lr_type, help="cosine (=SGDR, default) | multistep | constant")
     opt.add_argument("--milestones", type=int, nargs="+")
     opt.add_argument("--lr-gamma", type=float, help="multistep decay factor (default 0.1)")
+    opt.add_argument("--warmup-epochs", type=int, help="raise the lr linearly from ~0 over the first N epochs "
+                     "(recipe: 0 on the paper datasets, 5 on --dataset folder)")
 
     meth = p.add_argument_group("method options (defaults: the method's)")
     meth.add_argument("--kd-t", "--kd_T", "--kd-T", dest="kd_t", type=float,

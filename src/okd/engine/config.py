@@ -56,6 +56,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine (the reference's SGDR with T0 = epochs) | multistep | constant
     milestones: list[int] | None = None
     lr_gamma: float = 0.1
+    warmup_epochs: int | None = None  # linear lr warm-up per step; recipe: 0 on the paper datasets, 5 on a folder
     # method options (None = the method's own default)
     kd_t: float | None = None
     alpha: float | None = None

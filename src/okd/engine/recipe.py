@@ -9,9 +9,11 @@ from dataclasses import replace
 
 from okd.data import DATASETS
 from okd.data.config import check_folder_options
+from okd.data.folder import count_train_images
 from okd.data.infer import infer_dataset
 from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive
+from okd.engine.data_recipe import own_data_recipe
 from okd.errors import OKDUserError
 from okd.methods import get_method_class, resolve_method_name, split_arch
 from okd.models import SHARE_MODES, create_backbone, format_arch
@@ -29,7 +31,7 @@ def _optimisation_recipe(method: str, dataset: str) -> dict[str, float | int]:
             return {"epochs": 100, "batch_size": 128, "lr": 0.05, "wd": 1e-4}
         # design.md §3: 100 epochs, one cosine (not the reference's accidental 300-epoch restart)
         return {"epochs": 100, "batch_size": 256, "lr": 0.1, "wd": 1e-4}
-    if dataset in ("cifar100", "cifar10", "folder"):  # a folder of your own images starts from CIFAR's recipe
+    if dataset in ("cifar100", "cifar10", "folder"):  # a folder of your own images starts from CIFAR's recipe, then fits it
         if method == "mcl_okd":
             return {"epochs": 300, "batch_size": 64, "lr": 0.05, "wd": 5e-4}
         return {"epochs": 300, "batch_size": 128, "lr": 0.1, "wd": 5e-4}
@@ -74,7 +76,11 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise OKDUserError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(DATASETS)}")
     cls = get_method_class(method)
     changes: dict = {"method": method, "arch": format_arch(names)}
-    for key, value in _optimisation_recipe(method, cfg.dataset).items():
+    recipe = _optimisation_recipe(method, cfg.dataset)
+    if cfg.dataset == "folder":  # no paper recipe: sized to the data (engine/data_recipe.py)
+        num_train = count_train_images(cfg.data, cfg.val_split) if cfg.data is not None else None
+        recipe = own_data_recipe(recipe, num_train, cfg.batch_size, cfg.lr, cfg.warmup_epochs)
+    for key, value in recipe.items():
         if getattr(cfg, key) is None:
             changes[key] = value
     changes.update(_fit_batch_to_sampler(cfg, cls.train_sampler, changes))
@@ -101,7 +107,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "lr", "num_peers", "log_interval"):
         check_positive(name, getattr(cfg, name))
-    for name in ("wd", "momentum", "workers", "seed"):
+    for name in ("wd", "momentum", "workers", "seed", "warmup_epochs"):
         check_positive(name, getattr(cfg, name), strict=False)
     for name in ("kd_t", "nce_k", "nce_t", "feat_dim"):
         check_positive(name, getattr(cfg, name))

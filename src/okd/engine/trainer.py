@@ -26,7 +26,7 @@ from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, co
 from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
 from okd.engine.progress import progress
 from okd.engine.rundir import RunDir
-from okd.engine.schedule import learning_rate
+from okd.engine.schedule import learning_rate, warmup_factor
 from okd.engine.step import autocast, make_optimizer, train_step
 from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
@@ -422,6 +422,9 @@ class Trainer:
         for step, batch in enumerate(self.train_loader.epoch(epoch, start_step), start=start_step):
             if step >= self.steps_per_epoch:
                 break
+            if epoch < (cfg.warmup_epochs or 0):  # per step, and only while warming up: a plain run is untouched
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * warmup_factor(epoch, step, self.steps_per_epoch, cfg.warmup_epochs)
             result = train_step(
                 self.forward, self.method, self.optimizer, batch, epoch, device=self.device, amp=self.amp,
                 seed=step_seed(cfg.seed, epoch, step, self.dist.rank), skip=skip,
