@@ -64,8 +64,8 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
             optimizer.zero_grad()
             (ce + kd).backward()
             optimizer.step()
-            sums["ce"] += float(ce) / steps
-            sums["kd"] += float(kd) / steps
+            sums["ce"] += float(ce.detach()) / steps
+            sums["kd"] += float(kd.detach()) / steps
         errors = evaluate(method, method, eval_loader, device)
         row = {"epoch": epoch + 1, "lr": lr, **sums, "max_gap": gap, "peer_mean_error": errors["peer_mean"]["top1"]}
         rows.append(row)

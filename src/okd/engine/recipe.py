@@ -1,4 +1,4 @@
-"""Per-method / per-dataset default recipes (design.md §3) and config validation.
+"""Per-method / per-dataset default recipes (docs/design.md §3) and config validation.
 
 The recipe only fills values the user left unset, so every number stays overridable.
 """
@@ -27,9 +27,9 @@ NCE_K_BY_BACKBONE = {"resnet32": 256, "resnet110": 256, "densenet40_12": 256, "v
 
 def _optimisation_recipe(method: str, dataset: str) -> dict[str, float | int]:
     if dataset == "imagenet":
-        if method == "mcl_okd":  # reference-spec §2.4
+        if method == "mcl_okd":  # docs/reference-spec.md §2.4
             return {"epochs": 100, "batch_size": 128, "lr": 0.05, "wd": 1e-4}
-        # design.md §3: 100 epochs, one cosine (not the reference's accidental 300-epoch restart)
+        # docs/design.md §3: 100 epochs, one cosine (not the reference's accidental 300-epoch restart)
         return {"epochs": 100, "batch_size": 256, "lr": 0.1, "wd": 1e-4}
     if dataset in ("cifar100", "cifar10", "folder"):  # a folder of your own images starts from CIFAR's recipe, then fits it
         if method == "mcl_okd":
