@@ -73,9 +73,11 @@ def test_paper_datasets_keep_their_recipe_and_folders_get_theirs(tmp_path: Path)
 def test_dml_with_the_folder_recipe_ends_clearly_better_than_chance(tmp_path: Path) -> None:
     from okd.cli.main import main
 
-    root = write_folder(tmp_path / "colours", train=24, val=10)
+    root = write_folder(tmp_path / "colours", train=16, val=10)
     out = tmp_path / "run"
-    assert main(["train", "--method", "dml", "--data", str(root), "--epochs", "12", "--image-size", "16",
+    # 64 images: the recipe's batch 16 and warm-up reach 0% here; the CIFAR recipe (batch 128, lr 0.1,
+    # no warm-up) ended at 75% = chance on the same command (measured when this test was written)
+    assert main(["train", "--method", "dml", "--data", str(root), "--epochs", "10", "--image-size", "16",
                  "--workers", "0", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     config = (out / "config.yaml").read_text()
     assert "batch_size: 16" in config and "warmup_epochs: 5" in config
