@@ -85,3 +85,23 @@ def test_dml_with_the_folder_recipe_ends_clearly_better_than_chance(tmp_path: Pa
     chance = 100 * (1 - 1 / len(CLASSES))
     error = summary["last"]["peer_mean"]["top1"]
     assert math.isfinite(error) and error < chance / 2, f"peer-mean error {error:.1f}% (chance {chance:.0f}%)"
+
+
+def test_a_folder_run_saved_before_warmup_existed_resumes_with_its_own_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from okd.cli.main import main
+    from okd.engine.checkpoint import save_checkpoint
+
+    root = write_folder(tmp_path / "colours", train=4, val=1)
+    out = tmp_path / "run"
+    old = ["--batch-size", "8", "--lr", "0.1", "--warmup-epochs", "0"]  # what the CIFAR-based recipe used to fill
+    common = ["train", "--method", "dml", "--num-peers", "2", "--data", str(root), "--image-size", "8", "--workers", "0",
+              "--device", "cpu", "--quiet", "--limit-batches", "1", "--out", str(out)]
+    assert main([*common, "--epochs", "1", *old]) == 0
+    state = torch.load(out / "last.pt", weights_only=True)
+    del state["config"]["warmup_epochs"]  # as a checkpoint written before the option existed
+    save_checkpoint(out / "last.pt", {k: v for k, v in state.items() if k != "format"})
+    assert main([*common, "--epochs", "2", "--resume"]) == 2  # today's recipe differs: refused, naming what differs
+    assert "batch_size: 8 -> 16" in capsys.readouterr().err
+    assert main([*common, "--epochs", "2", "--resume", *old]) == 0

@@ -271,6 +271,8 @@ class Trainer:
             return None
         state = load_checkpoint(self.run.last, for_resume=True)
         previous = config_from_mapping(state["config"])
+        if "warmup_epochs" not in state["config"] and not self.cfg.warmup_epochs:
+            previous.warmup_epochs = self.cfg.warmup_epochs  # saved before --warmup-epochs existed: it warmed up for 0
         changed = diff_configs(previous, self.cfg)
         if changed:
             detail = ", ".join(f"{k}: {getattr(previous, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
