@@ -284,7 +284,7 @@ def test_plot_without_matplotlib(runs: Path, monkeypatch: pytest.MonkeyPatch, ca
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
     code, _, err = _report(capsys, runs, "--plot", "x.png")
-    assert code == 2 and "pip install 'okd[plot]'" in err
+    assert code == 2 and "pip install 'okd-torch[plot]'" in err
 
 
 def _commands(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:

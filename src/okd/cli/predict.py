@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "the run saved are printed.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a run folder (its best.pt is used) or best.pt / last.pt")
-    source.add_argument("--model", help="a model written by `okd export` (.onnx needs pip install 'okd[export]')")
+    source.add_argument("--model", help="a model written by `okd export` (.onnx needs pip install 'okd-torch[export]')")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--peer", default="deployed", help="with --checkpoint: deployed (default) | ensemble | a peer index")
     p.add_argument("--top-k", type=int, default=1, help="also list the K most probable classes (default 1)")

@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epoch", choices=("last", "best"), default="last",
                    help="last epoch (default) or best epoch per head (selected on the test set: optimistic)")
     p.add_argument("--paper", action="store_true", help="show the original paper's figures and our difference")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw the tables as a bar chart (needs okd[plot])")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the tables as a bar chart (needs okd-torch[plot])")
     add_plugin_argument(p, "; the runs' own plugins are imported where they can be, so --arch and the sizes know them")
     p.set_defaults(run=run)
 

@@ -110,7 +110,8 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
     add_plugin_argument(what, "; saved with the run, so eval, export and --resume import it again")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic")
+    data.add_argument("--dataset", help="digits (embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic; "
+                      "default: what --data holds, digits without --data")
     data.add_argument("--data", help="CIFAR-10/100 archive/folder (or its parent), or an ImageNet/image-folder root with "
                       "train/<class>/ and val/<class>/")
     data.add_argument("--download", action="store_true", help="fetch CIFAR-10/100 into --data if missing (verifies its MD5)")
@@ -142,6 +143,8 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
     opt.add_argument("--lr-schedule", "--lr-type", dest="lr_schedule", type=_lr_type, help="cosine (=SGDR, default) | multistep | constant")
     opt.add_argument("--milestones", type=int, nargs="+")
     opt.add_argument("--lr-gamma", type=float, help="multistep decay factor (default 0.1)")
+    opt.add_argument("--warmup-epochs", type=int, help="raise the lr linearly from ~0 over the first N epochs "
+                     "(recipe: 0 on the paper datasets, 5 on --dataset folder)")
 
     add_method_options(p, method)
 

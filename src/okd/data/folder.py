@@ -280,3 +280,13 @@ def _streamed_eval(val: list[tuple[str, int]], size: int, cfg: DataConfig, devic
 
     start, stop = even_split(len(val), cfg.world_size, cfg.rank)
     return FolderEvalLoader(EvalFolder(SampleList(val), start, stop, size=size, resize=size), eval_batch_per_rank(cfg), cfg, device)
+
+
+def count_train_images(root: str | Path, val_split: float | None = None) -> int | None:
+    """How many images ``root/train/`` will train on (less the --val-split share), for a recipe that fits
+    the batch size to the data; None when there is no train/ (building the data then says what is wrong)."""
+    train_dir = Path(root).expanduser() / "train"
+    if not train_dir.is_dir():
+        return None
+    total = sum(len(list_images(train_dir / name)) for name in class_folders(train_dir))
+    return round(total * (1 - (val_split or 0.0)))

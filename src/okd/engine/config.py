@@ -35,7 +35,7 @@ class TrainConfig:
     pretrained: bool = False  # timm:/tv: backbones: start every peer from locally cached weights
     plugins: list[str] | None = None  # modules imported first: they register the user's backbones/methods
     # data
-    dataset: str = "digits"
+    dataset: str | None = None  # default: what --data holds (okd.data.infer), the embedded digits without --data
     data: str | None = None
     download: bool = False
     workers: int = field(default_factory=lambda: default_workers())  # the CPUs this process may use, at most 8
@@ -60,6 +60,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine (the reference's SGDR with T0 = epochs) | multistep | constant
     milestones: list[int] | None = None
     lr_gamma: float = 0.1
+    warmup_epochs: int | None = None  # linear lr warm-up per step; recipe: 0 on the paper datasets, 5 on a folder
     # execution
     seed: int = 0
     device: str = "auto"

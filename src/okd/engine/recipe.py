@@ -1,4 +1,4 @@
-"""The recipe (design.md §3) and config validation: unset values filled, every value checked.
+"""The recipe (docs/design.md §3) and config validation: unset values filled, every value checked.
 
 The recipe only fills values the user left unset, so every number stays overridable. Three layers,
 later ones winning: the dataset's optimisation recipe (here), the method's ``recipe(dataset,
@@ -13,8 +13,11 @@ from okd.common.values import check_range
 from okd.data import DATASETS
 from okd.data.build import known_num_classes
 from okd.data.config import check_folder_options
+from okd.data.folder import count_train_images
+from okd.data.infer import infer_dataset
 from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive, replace
+from okd.engine.data_recipe import own_data_recipe
 from okd.errors import OKDUserError
 from okd.methods import OKDMethod, all_options, get_method_class, resolve_method_name, split_arch
 from okd.methods.options import check_values
@@ -25,9 +28,9 @@ DEFAULT_PEERS = 4  # the reference's cohort, unless the method's recipe or --arc
 
 def dataset_recipe(dataset: str) -> dict[str, float | int]:
     """Epochs, batch size, lr and weight decay of the reference on ``dataset`` (a method's recipe may override them)."""
-    if dataset == "imagenet":  # design.md §3: 100 epochs, one cosine (not the reference's accidental 300-epoch restart)
+    if dataset == "imagenet":  # docs/design.md §3: 100 epochs, one cosine (not the reference's accidental 300-epoch restart)
         return {"epochs": 100, "batch_size": 256, "lr": 0.1, "wd": 1e-4}
-    if dataset in ("cifar100", "cifar10", "folder"):  # a folder of your own images starts from CIFAR's recipe
+    if dataset in ("cifar100", "cifar10", "folder"):  # a folder of your own images starts from CIFAR's recipe, then fits it
         return {"epochs": 300, "batch_size": 128, "lr": 0.1, "wd": 5e-4}
     if dataset == "digits":  # the embedded quick-start set: same lr/batch ratio as the reference
         return {"epochs": 30, "batch_size": 64, "lr": 0.05, "wd": 5e-4}
@@ -76,6 +79,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     ``--arch a,b`` (one backbone per peer) sets the default --num-peers to the number of names; the
     backbone-keyed recipe values (MCL-OKD's nce_k) follow peer 0's backbone.
     """
+    if cfg.dataset is None:
+        cfg = replace(cfg, dataset="digits" if cfg.data is None else infer_dataset(cfg.data, DATASETS, cfg.download))
     method_from_arch, backbone = split_arch(cfg.arch)
     names = backbone.split(",")
     method = resolve_method_name(cfg.method)
@@ -88,6 +93,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise OKDUserError(f"unknown dataset {cfg.dataset!r}; known datasets: {', '.join(DATASETS)}")
     cls = get_method_class(method)
     recipe = recipe_for(method, dataset, names)
+    if dataset == "folder":  # no paper recipe: sized to the data (engine/data_recipe.py)
+        num_train = count_train_images(cfg.data, cfg.val_split) if cfg.data is not None else None
+        recipe = own_data_recipe(recipe, num_train, cfg.batch_size, cfg.lr, cfg.warmup_epochs)
     changes: dict = {"method": method, "arch": format_arch(names), "dataset": dataset}
     for name in ("share", "sampler", "lr_schedule", "sgd_impl", "nan_policy", "in_memory", "device"):  # any case
         if isinstance(getattr(cfg, name), str):
@@ -115,7 +123,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 
 _ENGINE_FIELDS = {"num_peers", "epochs", "batch_size", "eval_batch_size", "lr", "wd", "momentum", "share", "milestones",
-                  "lr_schedule", "lr_gamma", "sampler", "m_per_class", "early", "late"}
+                  "lr_schedule", "lr_gamma", "sampler", "m_per_class", "early", "late", "warmup_epochs"}
 
 
 # Upper bounds past which a value is a mistake, not a choice (numpy's seeds stop below 2**32).
@@ -125,7 +133,7 @@ UPPER = {"lr": (10.0, False), "wd": (1.0, True), "momentum": (1.0, False), "seed
 def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) -> None:
     for name in ("epochs", "batch_size", "eval_batch_size", "lr", "num_peers", "log_interval", "lr_gamma"):
         check_positive(name, getattr(cfg, name))
-    for name in ("wd", "momentum", "workers", "seed"):
+    for name in ("wd", "momentum", "workers", "seed", "warmup_epochs"):
         check_positive(name, getattr(cfg, name), strict=False)
     for name, (maximum, exclusive) in UPPER.items():
         check_range(name, getattr(cfg, name), maximum=maximum, exclusive_maximum=exclusive)

@@ -1,4 +1,4 @@
-"""The run folder (design.md §4): config.yaml, metrics.jsonl, last.pt, best.pt, summary.json, train.log, data.json."""
+"""The run folder (docs/design.md §4): config.yaml, metrics.jsonl, last.pt, best.pt, summary.json, train.log, data.json."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Optional TensorBoard mirror of metrics.jsonl (``--tensorboard``; needs ``pip install 'okd[tensorboard]'``)."""
+"""Optional TensorBoard mirror of metrics.jsonl (``--tensorboard``; needs ``pip install 'okd-torch[tensorboard]'``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise OKDUserError("--tensorboard needs the tensorboard package: pip install 'okd[tensorboard]'") from None
+            raise OKDUserError("--tensorboard needs the tensorboard package: pip install 'okd-torch[tensorboard]'") from None
         self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
 
     def log_epoch(self, record: dict[str, Any]) -> None:

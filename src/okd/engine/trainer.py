@@ -27,7 +27,7 @@ from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summaris
 from okd.common.progress import progress
 from okd.engine.step_log import StepLog
 from okd.engine.rundir import RunDir
-from okd.engine.schedule import learning_rate
+from okd.engine.schedule import learning_rate, warmup_factor
 from okd.engine.step import autocast, make_optimizer, train_step
 from okd.engine.sync_batchnorm import convert_sync_batchnorm
 from okd.engine.tensorboard import TensorBoardLogger
@@ -273,6 +273,8 @@ class Trainer:
         # older runs saved every method's options (null where unset, ignored where not the method's)
         declared = {option.name for option in get_method_class(self.cfg.method).declared_options()}
         previous.method_options = {k: v for k, v in previous.method_options.items() if k in declared}
+        if "warmup_epochs" not in state["config"] and not self.cfg.warmup_epochs:
+            previous.warmup_epochs = self.cfg.warmup_epochs  # saved before --warmup-epochs existed: it warmed up for 0
         changed = diff_configs(previous, self.cfg)
         if changed:
             old, new = to_plain(previous), to_plain(self.cfg)
@@ -429,6 +431,9 @@ class Trainer:
         for step, batch in enumerate(self.train_loader.epoch(epoch, start_step), start=start_step):
             if step >= self.steps_per_epoch:
                 break
+            if epoch < (cfg.warmup_epochs or 0):  # per step, and only while warming up: a plain run is untouched
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * warmup_factor(epoch, step, self.steps_per_epoch, cfg.warmup_epochs)
             result = train_step(
                 self.forward, self.method, self.optimizer, batch, epoch, device=self.device, amp=self.amp,
                 seed=step_seed(cfg.seed, epoch, step, self.dist.rank), skip=skip, step=step,

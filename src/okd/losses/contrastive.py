@@ -1,6 +1,6 @@
 """MCL-OKD's multi-view contrastive loss and memory update, as pure tensor functions.
 
-Notation (reference-spec §4.7): N peers ("views"), a memory bank M_i [num_data, D] per view, the
+Notation (docs/reference-spec.md §4.7): N peers ("views"), a memory bank M_i [num_data, D] per view, the
 L2-normalised live embeddings e_j [B, D], and ``contrast_idx`` [B, K+1] (column 0 the positive,
 the sample itself; columns 1..K negatives). For every ordered pair i != j the directed output is
 O_{i->j}[b, k] = exp(M_i[contrast_idx[b, k]] . e_j[b] / tau), normalised to P = O / Z with

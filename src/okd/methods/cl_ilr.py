@@ -1,5 +1,5 @@
 """CL-ILR: collaborative learning with intermediate-level representation sharing (Song & Chai,
-NeurIPS 2018), as the reference runs it (reference-spec §4.4).
+NeurIPS 2018), as the reference runs it (docs/reference-spec.md §4.4).
 
 The peers form a binary tree (``share="tree"``): a trunk shared by all, sub-trunks shared by pairs,
 then one branch per peer. The Cohort inserts the gradient-averaging op (ILR's backprop rescaling)
@@ -8,7 +8,7 @@ works for any N >= 2 on every backbone: with odd N the last sub-trunk has a sing
 rescaling.
 
 Ensemble: the mean of **all N** peers' logits. The reference's "Ens" averages peers 0..N-2 only,
-because its evaluation loop reuses a loop variable from the loss (reference-spec §4.4, §5.1), so
+because its evaluation loop reuses a loop variable from the loss (docs/reference-spec.md §4.4, §5.1), so
 its CL-ILR (Ens) numbers are (N-1)-peer ensembles; we deliberately do not reproduce that bug.
 """
 

@@ -1,4 +1,4 @@
-"""DML, Deep Mutual Learning (Zhang et al., CVPR 2018), as the reference runs it (reference-spec §4.3).
+"""DML, Deep Mutual Learning (Zhang et al., CVPR 2018), as the reference runs it (docs/reference-spec.md §4.3).
 
 Every peer learns from the labels and from each other peer's detached prediction. The reference
 shares stage 1 among the peers (``share="early"``, the default); ``share="none"`` gives the DML

@@ -1,5 +1,5 @@
 """MCL-OKD: multi-view contrastive learning + distillation from an online teacher
-(Yang, An, Xu; ICASSP 2021), as the reference runs it (reference-spec §4.7).
+(Yang, An, Xu; ICASSP 2021), as the reference runs it (docs/reference-spec.md §4.7).
 
 The peers share the first stage, like DML. Each peer has an embedding head (Linear(d, 128) + L2
 normalisation) and a memory bank of every training sample's embedding. Every peer's live

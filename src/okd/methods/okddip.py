@@ -1,5 +1,5 @@
 """OKDDip, Online Knowledge Distillation with Diverse Peers (Chen et al., AAAI 2020), as the
-reference runs it (reference-spec §4.6).
+reference runs it (docs/reference-spec.md §4.6).
 
 The N branches (``share="late"``) are N-1 auxiliary peers (0..N-2) and one group leader (N-1),
 which is the network a user deploys. Each peer distils from its own attention-weighted mix of

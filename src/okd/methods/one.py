@@ -1,5 +1,5 @@
 """ONE, On-the-fly Native Ensemble (Lan et al., NeurIPS 2018), as the reference runs it
-(reference-spec §4.5).
+(docs/reference-spec.md §4.5).
 
 The peers share everything but the last stage (``share="late"``). A gate reads the pooled trunk
 output and weights the peers per sample; the gated logit z_e is the online teacher and the

@@ -12,7 +12,7 @@ from torch import nn
 
 from okd.errors import OKDUserError
 
-EXPORT_HINT = "pip install 'okd[export]'"
+EXPORT_HINT = "pip install 'okd-torch[export]'"
 
 
 def _write_error(out: Path, exc: OSError) -> OKDUserError:

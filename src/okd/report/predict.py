@@ -84,7 +84,7 @@ def _onnx(path: Path) -> Predictor:
         import onnxruntime as ort
     except ImportError:
         raise OKDUserError(f"{path} is not a PyTorch file, and running an ONNX model needs onnxruntime: "
-                           "pip install 'okd[export]'") from None
+                           "pip install 'okd-torch[export]'") from None
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)
