@@ -84,7 +84,24 @@ def method_named_in(argv: Sequence[str]) -> str | None:
         return None
 
 
+def _heterogeneous_methods() -> list[str]:
+    from okd.methods import get_method_class, list_methods
+
+    return [name for name in list_methods() if get_method_class(name).supports_heterogeneous]
+
+
+def _peer_defaults() -> str:
+    """``"; baseline 1; pcl 3"``: the methods whose recipe sets another cohort size (on one backbone)."""
+    from okd.engine.recipe import DEFAULT_PEERS
+    from okd.methods import get_method_class, list_methods
+
+    sizes = {name: get_method_class(name).recipe("cifar100", ["resnet32"]).get("num_peers") for name in list_methods()}
+    return "".join(f"; {name} {size}" for name, size in sizes.items() if size not in (None, DEFAULT_PEERS))
+
+
 def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> None:
+    from okd.methods import list_methods
+
     p = sub.add_parser(
         "train",
         help="train a method on a backbone",
@@ -93,13 +110,13 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl | lmcl (default: baseline)")
+    what.add_argument("--method", help=f"{' | '.join(list_methods())} (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
                       "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default "
                       "resnet32. One backbone per peer, comma-separated (e.g. resnet32,resnet110), for methods whose peers "
-                      "are independent networks (dml, kdcl, mcl): their peers then share nothing (--share none)")
+                      f"are independent networks ({', '.join(_heterogeneous_methods())}): their peers then share nothing (--share none)")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int,
-                      help="peers in the cohort (default 4; baseline 1; pcl 3; lmcl 2; --arch a,b: the number of backbones)")
+                      help=f"peers in the cohort (default 4{_peer_defaults()}; --arch a,b: the number of backbones)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's; none for --arch a,b)")
     what.add_argument("--early", help="stage where 'early' sharing ends, i.e. the first per-peer stage for DML/MCL-OKD "
                       "(default: the backbone's; `okd models --arch NAME` lists the stages)")
