@@ -41,26 +41,31 @@ def train(out: str | Path | None = None, *, resume: bool = False, overwrite: boo
 
 
 def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data: str | None = None, device: str = "auto",
-             batch_size: int | None = None, limit_batches: int | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, limit_batches: int | None = None, plugins: list[str] | None = None) -> dict[str, Any]:
     """Evaluate ``best.pt``/``last.pt`` like ``okd eval --format json``: the top-1/top-5 error (%) of
     every peer, the peer mean, the deployed peer and the ensemble, under ``result["errors"]``.
 
     ``dataset``/``data`` evaluate on another dataset with the same classes, or where the data moved.
+    ``plugins``: the modules a run trained with plugins needs (a checkpoint never imports them by itself).
     """
     from okd.cli.evaluate import evaluate_checkpoint
 
-    return evaluate_checkpoint(str(checkpoint), data, device, batch_size, limit_batches, dataset)
+    from okd.plugins import import_plugins
+
+    import_plugins(plugins)
+    return evaluate_checkpoint(str(checkpoint), data, device, batch_size, limit_batches, dataset, plugins)
 
 
-def load_peer(checkpoint: str | Path, peer: int | str | None = None) -> nn.Module:
+def load_peer(checkpoint: str | Path, peer: int | str | None = None, *, plugins: list[str] | None = None) -> nn.Module:
     """One trained peer as the plain backbone (``create_backbone(arch)`` with its weights), in eval
     mode on the CPU: ``peer`` is an index, or None for the peer the method deploys.
 
     It expects images normalised as in training (``okd export`` writes the mean/std next to the weights).
+    ``plugins``: the modules a run trained with plugins needs (a checkpoint never imports them by itself).
     """
     from okd.errors import OKDUserError
     from okd.report.export import load_method, peer_module
 
     if isinstance(peer, bool) or not (peer is None or isinstance(peer, (int, str))):
         raise OKDUserError(f"peer must be a peer index or None (the deployed peer), got {peer!r}")
-    return peer_module(load_method(checkpoint), "deployed" if peer is None else str(peer))
+    return peer_module(load_method(checkpoint, plugins), "deployed" if peer is None else str(peer))

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from okd.cli.tables import format_table
-from okd.plugins import add_plugin_argument, import_plugins
+from okd.plugins import add_plugin_argument, allow_saved_plugins, import_plugins
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,13 +20,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--limit-batches", type=int, help="evaluate at most N batches")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    add_plugin_argument(p, "; the run's own plugins are imported anyway")
+    add_plugin_argument(p, "; needed for a run trained with plugins: a checkpoint never imports them by itself")
     p.set_defaults(run=run_eval)
 
 
 def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto", batch_size: int | None = None,
-                        limit_batches: int | None = None, dataset: str | None = None) -> dict:
-    """The errors of every peer, the peer mean, the deployed peer and the ensemble (``okd eval``, ``okd.evaluate``)."""
+                        limit_batches: int | None = None, dataset: str | None = None, plugins: list[str] | None = None) -> dict:
+    """The errors of every peer, the peer mean, the deployed peer and the ensemble (``okd eval``, ``okd.evaluate``);
+    the run's plugins are imported only where ``plugins`` names them."""
     from okd.engine.checkpoint import load_checkpoint, state_dict_mismatch
     from okd.engine.config import check_positive, config_from_mapping, replace
     from okd.engine.distributed import current
@@ -38,7 +39,7 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
     dev = resolve_device(device)
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
-    import_plugins(cfg.plugins)
+    allow_saved_plugins(cfg.plugins, plugins, f"checkpoint {path}")
     changes = {"download": False, "device": device, "pretrained": False}  # the weights come from the checkpoint
     if dataset is not None:
         from okd.data import DATASETS
@@ -76,7 +77,7 @@ def head_label(head: str, peer_archs: list[str]) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     import_plugins(args.plugins)
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.limit_batches, args.dataset)
+    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.limit_batches, args.dataset, args.plugins)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0

@@ -2,8 +2,8 @@
 
 Precedence: defaults < ``--config`` YAML < the options given < the recipe (filled only where
 nothing was given). The plugins are imported before the recipe resolves ``arch`` and ``method``,
-which may be the plugins' own; on ``--resume`` the run's saved plugins are imported (and kept,
-when none are given) so the resumed config still matches the checkpoint's.
+which may be the plugins' own; on ``--resume`` the run's saved plugins must be among those given
+(a run folder never imports code by itself).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 
 from okd.engine.config import TrainConfig, config_from_mapping, load_yaml_config, normalise_key
 from okd.errors import OKDUserError
-from okd.plugins import import_plugins
+from okd.plugins import allow_saved_plugins, import_plugins
 
 OPTION_NAMES = tuple(f.name for f in fields(TrainConfig))
 
@@ -62,7 +62,8 @@ def train_config(options: Mapping[str, Any], *, config_file: str | Path | None =
     cfg = given_config(options, config_file)
     if resume_from is not None:
         previous = saved_plugins(resume_from)
-        import_plugins(previous)
+        import_plugins(cfg.plugins)
+        allow_saved_plugins(previous, cfg.plugins, f"run folder {resume_from}")
         if cfg.plugins is None:
             cfg.plugins = previous
     import_plugins(cfg.plugins)

@@ -56,18 +56,21 @@ def _stand_in_dataset(num_classes: int, nce_k: int | None) -> Any:
     return DatasetInfo(num_train=targets.numel(), num_classes=num_classes, train_targets=targets)
 
 
-def load_method(path: str | Path) -> Loaded:
-    """The trained method of a checkpoint, on the CPU in eval mode, without touching the dataset."""
+def load_method(path: str | Path, plugins: list[str] | None = None) -> Loaded:
+    """The trained method of a checkpoint, on the CPU in eval mode, without touching the dataset.
+
+    The run's plugins are imported only if ``plugins`` (the user's) names them: a checkpoint never runs code.
+    """
     from okd.engine.checkpoint import load_checkpoint
     from okd.engine.config import METHOD_OPTIONS, config_from_mapping
     from okd.engine.trainer import backbone_options_of
     from okd.methods import build_method
     from okd.models import backbone_options
-    from okd.plugins import import_plugins
+    from okd.plugins import allow_saved_plugins
 
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
-    import_plugins(cfg.plugins)  # the user's backbones/methods the run was trained with
+    allow_saved_plugins(cfg.plugins, plugins, f"checkpoint {path}")  # the user's backbones/methods the run was trained with
     weights: dict[str, torch.Tensor] = state["model"]
     classifier = [k for k in weights if k.startswith(_CLASSIFIER_STAGE) and k.endswith("weight") and weights[k].dim() == 2]
     if len(classifier) != 1:
@@ -239,14 +242,14 @@ class ExportResult:
     tolerance: float  # the largest max_abs_diff accepted for this format and logit scale
 
 
-def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Path) -> ExportResult:
+def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Path, plugins: list[str] | None = None) -> ExportResult:
     """Write one peer or the ensemble in ``fmt`` to a temporary file, re-run that file, and move it to ``out``
     only if its logits match the checkpoint's (``TOLERANCE``); otherwise nothing is left behind."""
     if fmt not in FORMATS:
         raise OKDUserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if peer == "ensemble" and fmt == "state_dict":
         raise OKDUserError("--peer ensemble needs --format torchscript or onnx: a plain state dict holds one network")
-    loaded = load_method(checkpoint)
+    loaded = load_method(checkpoint, plugins)
     index = peer_index(loaded.method, peer)
     size = loaded.input_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
