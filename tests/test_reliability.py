@@ -307,11 +307,11 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path: Path, monkeyp
     def full_disk_fsync(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def counting_save(path: Path, state: dict) -> None:
+    def counting_save(path: Path, state: dict, **kwargs) -> None:
         saves["n"] += 1
         if saves["n"] > 1:  # the first epoch's checkpoints get through, then the disk is full
             monkeypatch.setattr(checkpoint.os, "fsync", full_disk_fsync)
-        real_save(path, state)
+        real_save(path, state, **kwargs)
 
     import okd.engine.trainer as trainer
 

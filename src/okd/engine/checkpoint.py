@@ -1,8 +1,10 @@
 """Checkpoints that survive crashes and never execute code.
 
 Saved atomically (temp file in the same folder, fsync, rename, fsync of the folder), so a
-``kill -9`` at any moment leaves either the previous or the new file. Loaded with
-``weights_only=True``: they hold only tensors and plain Python data.
+``kill -9`` at any moment leaves either the previous or the new file. Each file carries a SHA-256
+of its bytes (``okd.engine.integrity``), checked before anything of it is used, so a file damaged
+later (a bad disk, a truncated copy) is refused, never trained on or evaluated silently. Loaded
+with ``weights_only=True``: they hold only tensors and plain Python data.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from okd.engine.integrity import DamagedCheckpoint, seal, verify
 from okd.errors import OKDUserError
 
 FORMAT = "okd-checkpoint-v1"
@@ -49,8 +52,11 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers only ever see the old or the new content."""
+def atomic_write_bytes(path: Path, data: bytes, keep_as: Path | None = None) -> None:
+    """Replace ``path`` with ``data`` so that readers only ever see the old or the new content.
+
+    ``keep_as``: after the new content is on disk, the old ``path`` becomes this file (see save_checkpoint).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
@@ -58,6 +64,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_as is not None and path.exists():
+            _link_atomically(path, Path(keep_as))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -68,14 +76,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Serialise in memory first (a failure leaves the old file untouched), then write atomically."""
+def _link_atomically(source: Path, target: Path) -> None:
+    """Make ``target`` another name of ``source`` (the old one, if any, stays until the switch)."""
+    link = target.with_name(f"{temp_prefix(target.name)}link{TEMP_SUFFIX}")
+    link.unlink(missing_ok=True)
+    os.link(source, link)
+    try:
+        os.replace(link, target)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], previous: Path | None = None) -> None:
+    """Serialise and seal in memory first (a failure leaves the old file untouched), then write atomically.
+
+    With ``previous``, the file being replaced is kept under that name (a hard link, so no copy),
+    once the new one is fully written: if ``path`` is ever damaged, there is an intact checkpoint to
+    continue from. At every moment ``path`` exists, and ``previous`` is never newer than it.
+    """
+    path = Path(path)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
     try:
-        atomic_write_bytes(Path(path), buffer.getvalue())
+        atomic_write_bytes(path, seal(buffer.getvalue()), keep_as=previous)
     except OSError as exc:
-        raise OKDUserError(f"could not write checkpoint {path}: {exc.strerror or exc} (the previous checkpoint is intact)") from None
+        raise OKDUserError(f"could not write checkpoint {path}: {exc.strerror or exc} "
+                           f"(the previous checkpoint is intact; free space or fix the folder, then rerun with --resume)") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, for_resume: bool = False) -> dict[str, Any]:
@@ -86,10 +113,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     path = Path(path)
     if not path.is_file():
         raise OKDUserError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise OKDUserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint (expected a file written by `okd train`)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()  # read once: what is verified is what is loaded
+    except OSError as exc:
+        raise OKDUserError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise DamagedCheckpoint(f"checkpoint {path} is corrupt or not a PyTorch checkpoint (expected a file written by `okd train`)")
+    verify(path, data)
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         what = f" ({found.group(1)})" if found else ""
@@ -97,7 +129,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             f"refusing to load {path}: it holds objects other than tensors and plain data{what}, which could run code"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise OKDUserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint: {str(exc).splitlines()[0][:200]}") from None
+        raise DamagedCheckpoint(f"checkpoint {path} is corrupt or not a PyTorch checkpoint: {str(exc).splitlines()[0][:200]}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise OKDUserError(f"{path} is not an okd checkpoint (expected a file written by `okd train`)")
     check_structure(path, state, for_resume)

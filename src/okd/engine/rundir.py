@@ -1,4 +1,5 @@
-"""The run folder (design.md §4): config.yaml, metrics.jsonl, last.pt, best.pt, summary.json, train.log, data.json."""
+"""The run folder (design.md §4): config.yaml, metrics.jsonl, last.pt, previous.pt (the last.pt before it),
+best.pt, summary.json, train.log, data.json."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
 from okd.engine.runlock import RunLock
 from okd.errors import OKDUserError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "train.log", "data.json")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "previous.pt", "best.pt", "summary.json", "train.log", "data.json")
 # A folder holds a run worth keeping once one of these exists; config.yaml and train.log alone are
 # what a run that failed before its first checkpoint leaves, and a rerun may replace them.
 WORK_FILES = ("metrics.jsonl", "last.pt", "best.pt")
@@ -27,6 +28,7 @@ class RunDir:
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     last = property(lambda self: self.path / "last.pt")
+    previous = property(lambda self: self.path / "previous.pt")  # the last.pt before the current one
     best = property(lambda self: self.path / "best.pt")
     summary = property(lambda self: self.path / "summary.json")
     log = property(lambda self: self.path / "train.log")
@@ -76,6 +78,20 @@ class RunDir:
             self.lock.release()
             raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
         return note
+
+    def damaged_last(self, damage: OKDUserError) -> OKDUserError:
+        """The error for a --resume whose last.pt is damaged: it names an intact checkpoint to continue from."""
+        from okd.engine.checkpoint import load_checkpoint
+
+        for candidate in (self.previous, self.best):
+            try:
+                state = load_checkpoint(candidate, for_resume=True)
+            except OKDUserError:
+                continue
+            where = f"epoch {state['epoch']}" + (f", step {state['step']}" if state["step"] else "")
+            return OKDUserError(f"{damage}. {candidate.name} is intact ({where} done): to continue from it, "
+                                f"cp {candidate} {self.last} and rerun with --resume")
+        return OKDUserError(f"{damage}. No intact checkpoint is left in {self.path} to continue from: start again with --overwrite")
 
     def write_config(self, plain: dict[str, Any]) -> None:
         self._write_text(self.config, yaml.safe_dump(plain, sort_keys=False))

@@ -22,6 +22,7 @@ from torch import nn
 from okd.data import DataConfig, DataSpec, build_data
 from okd.engine import distributed as okd_dist
 from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
+from okd.engine.integrity import DamagedCheckpoint
 from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
 from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
 from okd.engine.progress import progress
@@ -268,7 +269,10 @@ class Trainer:
     def _load_resume_state(self) -> dict[str, Any] | None:
         if not self.resume:
             return None
-        state = load_checkpoint(self.run.last, for_resume=True)
+        try:
+            state = load_checkpoint(self.run.last, for_resume=True)
+        except DamagedCheckpoint as damage:
+            raise self.run.damaged_last(damage) from None
         previous = config_from_mapping(state["config"])
         changed = diff_configs(previous, self.cfg)
         if changed:
@@ -374,7 +378,7 @@ class Trainer:
 
     def _save(self, path: Path, epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
         if self.is_main:
-            save_checkpoint(path, self._state(epoch, step, partial))
+            save_checkpoint(path, self._state(epoch, step, partial), previous=self.run.previous if path == self.run.last else None)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
