@@ -30,7 +30,7 @@ from okd.engine.rundir import RunDir
 from okd.engine.schedule import learning_rate
 from okd.engine.step import autocast, make_optimizer, train_step
 from okd.engine.sync_batchnorm import convert_sync_batchnorm
-from okd.engine.tensorboard import TensorBoardLogger
+from okd.engine.tensorboard import TensorBoardLogger, require_tensorboard
 from okd.errors import OKDUserError
 from okd.methods import DatasetInfo, OKDMethod, build_method, get_method_class
 from okd.models import BackboneOptions, arch_label, backbone_options, count_macs, count_params, create_backbone
@@ -286,8 +286,10 @@ class Trainer:
         return state
 
     def setup(self) -> None:
-        """Everything that can fail on the user's input (device, data, method options such as nce_k)
-        runs before the run folder is created, so a refused run leaves nothing behind."""
+        """Everything that can refuse the run (device, data, method options such as nce_k, the optimizer,
+        the checkpoint to resume, optional packages) runs before the run folder is created or cleared:
+        taking the folder (``prepare``, which an --overwrite empties) is the last step before training,
+        so a refused command never destroys a run."""
         cfg = self.cfg
         if self.is_main:
             self.run.check(resume=self.resume, overwrite=self.overwrite)
@@ -302,15 +304,8 @@ class Trainer:
         resume_state = self._load_resume_state()
         data_manifest = resume_state.get("data") if resume_state is not None else None
         self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist, data_manifest)
-        took_over = None
-        if self.is_main:
-            took_over = self.run.prepare(resume=self.resume, overwrite=self.overwrite)
-            self.run.write_data(self.spec.manifest)
-        okd_dist.barrier()
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
-        if took_over:
-            self.notices.append(took_over)
         if resolve_sampler(cfg) == "m_per_class":
             self.notices.append(f"sampler m_per_class: every batch holds {cfg.batch_size // cfg.m_per_class} random classes "
                                 f"x {cfg.m_per_class} samples, drawn afresh per batch")
@@ -340,13 +335,26 @@ class Trainer:
         self.metrics_records = 0
         if resume_state is not None:
             self._restore(resume_state)
-        # TensorBoard first: a missing package then fails before the run folder gets its config
+        if cfg.tensorboard and self.is_main:
+            require_tensorboard()
+        self._take_run_folder()
         self.tensorboard = TensorBoardLogger(self.run.path) if (cfg.tensorboard and self.is_main) else None
         if self.is_main:
             self.run.write_config(to_plain(cfg))
         self.steps_per_epoch = len(self.train_loader)
         if cfg.limit_batches is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.limit_batches)
+
+    def _take_run_folder(self) -> None:
+        """Lock the folder and clear what a new run replaces: nothing may refuse the run after this."""
+        if self.is_main:
+            took_over = self.run.prepare(resume=self.resume, overwrite=self.overwrite)
+            if took_over:
+                self.notices.append(took_over)
+            if self.resume:
+                self.run.truncate_metrics(self.metrics_records)
+            self.run.write_data(self.spec.manifest)
+        okd_dist.barrier()
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -358,8 +366,6 @@ class Trainer:
         self.best = state.get("best", {})
         self.partial = state.get("partial")
         self.metrics_records = state.get("metrics_records", 0)
-        if self.is_main:
-            self.run.truncate_metrics(self.metrics_records)
 
     # -- checkpoints --------------------------------------------------------------------------
     def _state(self, epoch: int, step: int, partial: dict[str, Any] | None) -> dict[str, Any]:
