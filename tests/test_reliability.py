@@ -366,3 +366,23 @@ def test_read_only_output_folder_gives_a_clear_error_and_keeps_the_run(tmp_path:
     assert (out / "last.pt").read_bytes() == before
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert main(["train", *TINY, "--out", str(out), "--epochs", "2", "--resume"]) == 0  # writable again: it continues
+
+
+def test_skip_step_policy_survives_an_epoch_where_every_step_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import okd.methods.dml as dml
+
+    original = dml.DML.losses
+
+    def nan_in_epoch_two(self, output, batch, epoch):
+        losses = original(self, output, batch, epoch)
+        if epoch == 1:
+            losses["ce"] = losses["ce"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(dml.DML, "losses", nan_in_epoch_two)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--epochs", "3", "--nan-policy", "skip-step", "--limit-batches", "2"]) == 0
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[1]["train"] == {} and "total" in records[2]["train"]
+    assert "epoch 2/3  loss n/a (every step skipped)" in (out / "train.log").read_text()
+    assert load_checkpoint(out / "last.pt")["epoch"] == 3

@@ -9,6 +9,7 @@ with ``weights_only=True``: they hold only tensors and plain Python data.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import pickle
@@ -98,11 +99,21 @@ def save_checkpoint(path: Path, state: dict[str, Any], previous: Path | None = N
     path = Path(path)
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
+    existed = path.exists()
     try:
         atomic_write_bytes(path, seal(buffer.getvalue()), keep_as=previous)
     except OSError as exc:
-        raise OKDUserError(f"could not write checkpoint {path}: {exc.strerror or exc} "
-                           f"(the previous checkpoint is intact; free space or fix the folder, then rerun with --resume)") from None
+        kept = "the previous checkpoint is intact" if existed else "nothing of it was written"
+        raise OKDUserError(f"could not write checkpoint {path}: {exc.strerror or exc} ({kept}); "
+                           f"{retry_advice(exc, path.parent / 'last.pt')}") from None
+
+
+def retry_advice(exc: OSError, last: Path) -> str:
+    """What makes the same run work again after a failed write: the fix, then --resume where a
+    checkpoint exists to continue from, else the same command (a run without one is replaced)."""
+    fix = "free space on its disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make the folder writable"
+    how = "continue with --resume" if last.exists() else "rerun the same command"
+    return f"{fix}, then {how}"
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, for_resume: bool = False) -> dict[str, Any]:

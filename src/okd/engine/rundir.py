@@ -3,6 +3,7 @@ best.pt, summary.json, train.log, data.json."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -10,14 +11,16 @@ from typing import Any
 
 import yaml
 
-from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
+from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, retry_advice, temp_prefix
 from okd.engine.runlock import RunLock
 from okd.errors import OKDUserError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "previous.pt", "best.pt", "summary.json", "train.log", "data.json")
-# A folder holds a run worth keeping once one of these exists; config.yaml and train.log alone are
-# what a run that failed before its first checkpoint leaves, and a rerun may replace them.
-WORK_FILES = ("metrics.jsonl", "last.pt", "best.pt")
+# A folder holds a run worth keeping once one of these exists (a checkpoint, or a finished run's
+# summary). config.yaml, train.log, data.json and a metrics.jsonl without a checkpoint are what a run
+# that failed before its first checkpoint (a crash, a full disk) leaves: nothing can continue from
+# them, and the same command may replace them.
+WORK_FILES = ("last.pt", "best.pt", "summary.json")
 
 
 class RunDir:
@@ -62,7 +65,8 @@ class RunDir:
         except OSError as exc:
             if created:
                 _remove_if_empty(self.path)
-            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
+            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}; "
+                               f"{retry_advice(exc, self.last)}") from None
         except OKDUserError:  # another run took the folder between our check and here
             if created:
                 _remove_if_empty(self.path)
@@ -76,7 +80,8 @@ class RunDir:
                     stale.unlink(missing_ok=True)
         except OSError as exc:
             self.lock.release()
-            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
+            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}; "
+                               f"{retry_advice(exc, self.last)}") from None
         return note
 
     def damaged_last(self, damage: OKDUserError) -> OKDUserError:
@@ -119,18 +124,27 @@ class RunDir:
         try:
             atomic_write_bytes(path, text.encode())
         except OSError as exc:
-            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}") from None
+            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}; {retry_advice(exc, self.last)}") from None
 
     def _append(self, path: Path, text: str) -> None:
+        """All of ``text`` or none of it: a short write (a full disk) is cut off again, so the next
+        line never lands after half a line."""
+        data = text.encode()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, text.encode())
-                os.fsync(fd)
+                size = os.fstat(fd).st_size
+                try:
+                    if os.write(fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, size)
+                    raise
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}") from None
+            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}; {retry_advice(exc, self.last)}") from None
 
 
 def _remove_if_empty(folder: Path) -> None:

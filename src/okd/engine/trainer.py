@@ -37,7 +37,7 @@ from okd.models import BackboneOptions, arch_label, backbone_options, count_macs
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; last.pt holds the exact position to resume from."""
+    """A stop signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1) arrived; last.pt holds the exact position to resume from."""
 
     def __init__(self, signum: int, epoch: int, step: int, out: Path) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}")
@@ -226,8 +226,13 @@ class _EpochSums:
         return cls({k: v.to(device) for k, v in state["terms"].items()}, state["steps"], state["images"], state["seconds"])
 
 
+# Signals that stop a run after its current step, saved: Ctrl-C, kill, a closed terminal (SIGHUP),
+# and the warning a batch scheduler such as Slurm sends before a time limit (SIGUSR1).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1") if hasattr(signal, name))
+
+
 class _StopSignals:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (finish the step, then save)."""
+    """Turn the STOP_SIGNALS into a flag the loop checks between steps (finish the step, then save)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -235,7 +240,7 @@ class _StopSignals:
 
     def __enter__(self) -> _StopSignals:
         if threading_is_main():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -495,8 +500,9 @@ class Trainer:
             self.run.append_metrics(record)
             if self.tensorboard is not None:
                 self.tensorboard.log_epoch(record)
+            loss = f"{train['total']:.4f}" if "total" in train else "n/a (every step skipped)"  # --nan-policy skip-step
             self._log(
-                f"epoch {epoch + 1}/{self.cfg.epochs}  loss {train['total']:.4f}  "
+                f"epoch {epoch + 1}/{self.cfg.epochs}  loss {loss}  "
                 f"test top-1 error: deployed {test['deployed']['top1']:.2f}  peer mean {test['peer_mean']['top1']:.2f}  "
                 f"ensemble {test['ensemble']['top1']:.2f}"
                 + "".join(f"  {head} {test[head]['top1']:.2f}" for head in extra_heads(test, self.method.num_peers))
