@@ -35,9 +35,27 @@ OPTIONAL = {"partial": (dict, type(None)), "best": dict, "metrics_records": int}
 TEMP_SUFFIX = ".tmp"
 
 
-def temp_prefix(name: str) -> str:
-    """Temp files of an atomic write of ``name`` are ``.{name}.XXXXXXXX.tmp`` in the same folder."""
+_RANDOM_PART = 8  # the characters tempfile.mkstemp puts between prefix and suffix
+
+
+def temp_prefix(name: str, folder: Path | None = None) -> str:
+    """Temp files of an atomic write of ``name`` are ``.{name}.XXXXXXXX.tmp`` in the same folder.
+
+    With ``folder``, ``name`` is shortened where needed so the temp name fits the file system's
+    name limit (NAME_MAX bytes): any name valid there must be writable, however long.
+    """
+    limit = _name_max(folder) - _RANDOM_PART - len(TEMP_SUFFIX) - 2 if folder is not None else None
+    raw = os.fsencode(name)
+    if limit is not None and len(raw) > limit:
+        name = os.fsdecode(raw[:limit])
     return f".{name}."
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
 
 
 def fsync_dir(folder: Path) -> None:
@@ -59,7 +77,7 @@ def atomic_write_bytes(path: Path, data: bytes, keep_as: Path | None = None) -> 
     ``keep_as``: after the new content is on disk, the old ``path`` becomes this file (see save_checkpoint).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name, path.parent), suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -79,7 +97,7 @@ def atomic_write_bytes(path: Path, data: bytes, keep_as: Path | None = None) -> 
 
 def _link_atomically(source: Path, target: Path) -> None:
     """Make ``target`` another name of ``source`` (the old one, if any, stays until the switch)."""
-    link = target.with_name(f"{temp_prefix(target.name)}link{TEMP_SUFFIX}")
+    link = target.with_name(f"{temp_prefix(target.name, target.parent)}previous{TEMP_SUFFIX}")
     link.unlink(missing_ok=True)
     os.link(source, link)
     try:

@@ -14,6 +14,8 @@ is training-only, is not loaded, and is emptied before export (a check proves th
 
 from __future__ import annotations
 
+import errno
+import io
 import math
 import os
 import tempfile
@@ -269,11 +271,11 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
         raise OKDUserError(f"--out {out} is a folder; give a file name (e.g. {out / 'model.pt'})")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=TEMP_SUFFIX, dir=out.parent)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name, out.parent), suffix=TEMP_SUFFIX, dir=out.parent)
         os.close(fd)
         os.chmod(name, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the exported file's mode
     except OSError as exc:
-        raise OKDUserError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise _cannot_write(out, exc) from None
     from okd.report import export_formats
 
     writer, runner = {"state_dict": (export_formats.save_state_dict, export_formats.run_state_dict),
@@ -284,7 +286,9 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     tolerance = TOLERANCE[fmt] * max(1.0, scale)
     temp = Path(name)
     try:
-        writer(net, example, meta, temp)
+        buffer = io.BytesIO()
+        writer(net, example, meta, buffer)
+        _write_file(temp, buffer.getvalue(), out)
         produced = runner(temp, example)
         diff = None if produced is None else _difference(produced, reference)
         if diff is not None and not diff <= tolerance:  # `not <=`: a NaN difference fails too
@@ -294,10 +298,26 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
         try:
             os.replace(temp, out)
         except OSError as exc:
-            raise OKDUserError(f"cannot write {out}: {exc.strerror or exc}") from None
+            raise _cannot_write(out, exc) from None
     finally:
         temp.unlink(missing_ok=True)
     return ExportResult(out, meta, diff, scale, tolerance)
+
+
+def _write_file(temp: Path, data: bytes, out: Path) -> None:
+    """``data`` to ``temp`` (synced); a failure, such as a full disk, is one line saying how to retry."""
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise _cannot_write(out, exc) from None
+
+
+def _cannot_write(out: Path, exc: OSError) -> OKDUserError:
+    fix = "free space on its disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make its folder writable"
+    return OKDUserError(f"cannot write {out}: {exc.strerror or exc}; nothing was written: {fix}, then rerun the same command")
 
 
 def _umask() -> int:
