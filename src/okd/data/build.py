@@ -8,6 +8,7 @@ import torch
 
 from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec
+from okd.data.fingerprint import tensor_fingerprint
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
 from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
@@ -113,12 +114,13 @@ def in_memory(
 ) -> tuple[DataSpec, TrainLoader, EvalLoader]:
     """Put uint8 train/test tensors on the device and wrap them in the batched loaders."""
     train_x, train_y, test_x, test_y = arrays
+    fingerprint = tensor_fingerprint(arrays, num_classes)
     if cfg.train_per_class is not None:
         train_x, train_y = first_per_class(train_x, train_y, cfg.train_per_class, num_classes)
     names = tuple(class_names) if class_names is not None else None
     spec = DataSpec(
         name, num_classes, train_x.shape[0], test_x.shape[0], int(train_x.shape[-1]), train_y.to(torch.int64).cpu(),
-        names, {"class_names": list(names) if names is not None else None},
+        names, {"class_names": list(names) if names is not None else None}, fingerprint,
     )
     normalizer = Normalizer(mean, std, device)
     plan = make_plan(cfg.sampler, spec.train_targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec, check_folder_options
+from okd.data.fingerprint import files_fingerprint
 from okd.data.imagenet import EvalFolder, FolderEvalLoader, FolderTrainLoader, TrainFolder, _batches
 from okd.data.loaders import TensorEvalLoader, TensorTrainLoader
 from okd.data.sampling import cpu_generator, even_split, make_plan
@@ -260,6 +261,7 @@ def build_folder(cfg: DataConfig, data_dir: str | Path, device: torch.device) ->
         "folder", len(index.class_names), len(targets), len(index.val), size, targets, tuple(index.class_names),
         {"kind": "folder", "class_names": index.class_names, "train_counts": index.train_counts, "in_memory": in_memory,
          "val_files": index.val_files, "fingerprints": index.fingerprints},
+        files_fingerprint(root, {"train": index.train, "val": index.val}, len(index.class_names)),
     )
     plan = make_plan(cfg.sampler, targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)
     normalizer = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)

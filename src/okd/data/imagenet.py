@@ -25,6 +25,7 @@ from torchvision.transforms import functional as TF
 from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from okd.data.batch import Batch
 from okd.data.config import DataConfig, DataSpec
+from okd.data.fingerprint import files_fingerprint
 from okd.data.loaders import check_views
 from okd.data.sampling import SamplePlan, cpu_generator, even_split, make_plan
 from okd.errors import OKDUserError
@@ -272,7 +273,9 @@ def build_imagenet(cfg: DataConfig, data_dir: str | Path, device: torch.device) 
     train, val = open_folders(root)
     targets = torch.tensor(train.targets, dtype=torch.int64)
     classes = tuple(train.classes)
-    spec = DataSpec("imagenet", len(classes), len(train.samples), len(val.samples), INPUT_SIZE, targets, classes, {"class_names": list(classes)})
+    fingerprint = files_fingerprint(root, {"train": train.samples, "val": val.samples}, len(classes))
+    spec = DataSpec("imagenet", len(classes), len(train.samples), len(val.samples), INPUT_SIZE, targets, classes,
+                    {"class_names": list(classes)}, fingerprint)
     plan = make_plan(cfg.sampler, targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)
     start, stop = even_split(spec.num_test, cfg.world_size, cfg.rank)
     eval_batch = -(-cfg.eval_batch_size // cfg.world_size)

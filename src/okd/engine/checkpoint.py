@@ -29,7 +29,7 @@ FORMAT = "okd-checkpoint-v1"
 # What `okd eval`/export read from a checkpoint, what --resume reads too, and what may be absent.
 REQUIRED = {"config": dict, "model": dict, "epoch": int}
 RESUME_REQUIRED = {"optimizer": dict, "step": int}
-OPTIONAL = {"partial": (dict, type(None)), "best": dict, "metrics_records": int}
+OPTIONAL = {"partial": (dict, type(None)), "best": dict, "metrics_records": int, "data_fingerprint": (dict, type(None))}
 
 
 TEMP_SUFFIX = ".tmp"

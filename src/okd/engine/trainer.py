@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from okd.data import DataConfig, DataSpec, build_data
+from okd.data.fingerprint import check_same_data
 from okd.engine import distributed as okd_dist
 from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from okd.engine.integrity import DamagedCheckpoint
@@ -309,6 +310,9 @@ class Trainer:
         resume_state = self._load_resume_state()
         data_manifest = resume_state.get("data") if resume_state is not None else None
         self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist, data_manifest)
+        if resume_state is not None:
+            check_same_data(resume_state.get("data_fingerprint"), self.spec.fingerprint or {},
+                            f"--dataset {cfg.dataset}" + (f" at {cfg.data}" if cfg.data else ""))
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
         if resolve_sampler(cfg) == "m_per_class":
@@ -384,6 +388,7 @@ class Trainer:
             "best": self.best,
             "metrics_records": self.metrics_records,
             "data": self.spec.manifest,  # class names; for an image folder also its split and file fingerprints
+            "data_fingerprint": self.spec.fingerprint,  # sizes, label counts, a hash of a sample: --resume checks it
             "torch_version": str(torch.__version__),
         }
 
