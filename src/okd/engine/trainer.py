@@ -315,6 +315,7 @@ class Trainer:
                             f"--dataset {cfg.dataset}" + (f" at {cfg.data}" if cfg.data else ""))
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
+        self.notices += [f"note: {note}" for note in self.spec.notes]
         if resolve_sampler(cfg) == "m_per_class":
             self.notices.append(f"sampler m_per_class: every batch holds {cfg.batch_size // cfg.m_per_class} random classes "
                                 f"x {cfg.m_per_class} samples, drawn afresh per batch")
