@@ -102,9 +102,8 @@ def _link_atomically(source: Path, target: Path) -> None:
     os.link(source, link)
     try:
         os.replace(link, target)
-    except BaseException:
+    finally:  # rename() of two names of one file (a save killed before its switch) does nothing: drop ours
         link.unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], previous: Path | None = None) -> None:
