@@ -9,6 +9,7 @@ import torch
 from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec
 from okd.data.fingerprint import tensor_fingerprint
+from okd.data.memory import check_fits, synthetic_bytes
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
 from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
@@ -24,6 +25,10 @@ def build_data(cfg: DataConfig) -> tuple[DataSpec, TrainLoader, EvalLoader]:
     if name == "synthetic":
         from okd.data.synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD, make_synthetic
 
+        images = f"--dataset synthetic ({cfg.synthetic_train} + {cfg.synthetic_test} images of {cfg.synthetic_size}px)"
+        need = synthetic_bytes(cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_size)
+        check_fits(images, need, torch.device("cpu"), "use fewer --synthetic-train/--synthetic-test or a smaller --synthetic-size")
+        check_fits(images, need, device, "use fewer --synthetic-train/--synthetic-test or a smaller --synthetic-size")
         arrays = make_synthetic(cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_classes, cfg.synthetic_size, cfg.seed)
         crop = 4 if cfg.synthetic_size == 32 else 0
         return in_memory(name, arrays, cfg.synthetic_classes, SYNTHETIC_MEAN, SYNTHETIC_STD, crop, True, cfg, device)

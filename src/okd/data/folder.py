@@ -30,6 +30,7 @@ from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec, check_folder_options
 from okd.data.fingerprint import files_fingerprint
 from okd.data.links import LinkGuard
+from okd.data.memory import check_fits
 from okd.data.imagenet import EvalFolder, FolderEvalLoader, FolderTrainLoader, TrainFolder, _batches
 from okd.data.loaders import TensorEvalLoader, TensorTrainLoader
 from okd.data.sampling import cpu_generator, even_split, make_plan
@@ -260,6 +261,9 @@ def build_folder(cfg: DataConfig, data_dir: str | Path, device: torch.device) ->
         in_memory = bool(saved.get("in_memory"))  # resume as the run began, whatever memory is free now
     else:
         in_memory = cfg.in_memory == "yes" or (cfg.in_memory == "auto" and num_images * 3 * size * size <= memory_budget(device))
+    if in_memory and not cfg.eval_only:  # --in-memory yes (or a resumed run that began so): the store must fit
+        check_fits(f"decoding {num_images} images of {size}px into memory", num_images * 3 * size * size, device,
+                   "use --in-memory no (stream them from disk) or a smaller --image-size")
     targets = torch.repeat_interleave(torch.arange(len(index.class_names)), torch.tensor(index.train_counts))
     spec = DataSpec(
         "folder", len(index.class_names), len(targets), len(index.val), size, targets, tuple(index.class_names),

@@ -25,6 +25,7 @@ from okd.engine import distributed as okd_dist
 from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
 from okd.engine.integrity import DamagedCheckpoint
 from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
+from okd.engine.preflight import check_fits, cohort_bytes
 from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
 from okd.engine.progress import progress
 from okd.engine.rundir import RunDir
@@ -120,6 +121,12 @@ def build_for_config(
     spec, train_loader, eval_loader = build_data(data_cfg)
     options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     info = DatasetInfo(num_train=spec.num_train, num_classes=spec.num_classes, train_targets=spec.train_targets)
+    with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg, pretrained=False)):
+        need = cohort_bytes(lambda: build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options))
+    if need is not None:
+        check_fits(f"the {cfg.method} cohort of {cfg.num_peers} x {cfg.arch} (weights, buffers such as memory banks, "
+                   "gradients and momentum; activations not counted)", need, device,
+                   "use fewer --num-peers, a smaller backbone or memory bank, or a device with more memory")
     with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg)):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
