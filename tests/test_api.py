@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import okd
 from okd.cli.main import main
@@ -144,12 +145,14 @@ def test_a_checkpoint_never_imports_its_plugins_by_itself(api_runs: tuple[Path, 
     (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("plugins: null", "plugins:\n- planted_plugin_mod"))
     refusal = "was trained with plugin 'planted_plugin_mod'; a saved run never imports code by itself"
     last = str(run / "last.pt")
+    image = tmp_path / "image.png"
+    Image.new("RGB", (16, 16)).save(image)
     for args in (["eval", "--checkpoint", last, "--device", "cpu"], ["export", "--checkpoint", last, "--out", str(tmp_path / "m.pt")],
-                 ["train", *FLAGS, "--epochs", "2", "--out", str(run), "--resume"]):
+                 ["predict", "--checkpoint", last, str(image)], ["train", *FLAGS, "--epochs", "2", "--out", str(run), "--resume"]):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert refusal in err and "--plugin planted_plugin_mod" in err and len(err.strip().splitlines()) == 1, err
-    for call in (lambda: okd.load_peer(last), lambda: okd.evaluate(last, device="cpu")):
+    for call in (lambda: okd.load_peer(last), lambda: okd.evaluate(last, device="cpu"), lambda: okd.predict(image, checkpoint=last)):
         with pytest.raises(OKDUserError, match=refusal):
             call()
     assert not (tmp_path / "ran").exists() and not (tmp_path / "m.pt").exists()
