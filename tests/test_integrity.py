@@ -107,3 +107,18 @@ def test_unsealed_checkpoints_are_checked_by_their_zip_crcs(tmp_path: Path) -> N
         verify(tmp_path / "old.pt", bytes(damaged))
     with pytest.raises(DamagedCheckpoint, match="no longer match the SHA-256"):
         verify(tmp_path / "new.pt", seal(data)[:at] + bytes([seal(data)[at] ^ 1]) + seal(data)[at + 1:])
+
+
+def test_previous_is_kept_on_a_file_system_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import okd.engine.checkpoint as checkpoint
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(checkpoint.os, "link", no_links)
+    for epoch in (1, 2):
+        checkpoint.save_checkpoint(tmp_path / "last.pt", {"config": {}, "model": {}, "epoch": epoch}, previous=tmp_path / "previous.pt")
+    assert (load_checkpoint(tmp_path / "last.pt")["epoch"], load_checkpoint(tmp_path / "previous.pt")["epoch"]) == (2, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "previous.pt"]

@@ -14,6 +14,7 @@ import io
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -99,7 +100,18 @@ def _link_atomically(source: Path, target: Path) -> None:
     """Make ``target`` another name of ``source`` (the old one, if any, stays until the switch)."""
     link = target.with_name(f"{temp_prefix(target.name, target.parent)}previous{TEMP_SUFFIX}")
     link.unlink(missing_ok=True)
-    os.link(source, link)
+    try:
+        os.link(source, link)
+    except OSError as exc:  # a file system without hard links (some network/FUSE mounts): a synced copy
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+            raise
+        try:
+            shutil.copyfile(source, link)
+            with open(link, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except BaseException:
+            link.unlink(missing_ok=True)
+            raise
     try:
         os.replace(link, target)
     finally:  # rename() of two names of one file (a save killed before its switch) does nothing: drop ours
