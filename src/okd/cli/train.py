@@ -170,7 +170,10 @@ def run_train(args: argparse.Namespace) -> int:
             summary = trainer.fit()
         except TrainingInterrupted as stop:
             if trainer.is_main:
-                print(f"okd train: {stop}; saved {out / 'last.pt'}.\nResume with: okd train --out {out} --resume")
+                try:  # after SIGHUP the terminal may be gone: the run is saved, the message is optional
+                    print(f"okd train: {stop}; saved {out / 'last.pt'}.\nResume with: okd train --out {out} --resume")
+                except OSError:
+                    pass
             return 128 + stop.signum
     if trainer.is_main and summary["last"]:
         from okd.models import arch_label
