@@ -385,3 +385,24 @@ def test_arch_filter_keeps_only_those_rows(runs: Path, capsys: pytest.CaptureFix
     assert models == ["ResNet-32"]
     code, _, err = _report(capsys, runs, "--arch", "resnet33")
     assert code == 2 and "resnet33" in err and "resnet32" in err
+
+
+def test_report_skips_a_run_it_cannot_read_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unreadable, binary or damaged summaries are each a note; the report of the other runs goes on."""
+    good = tmp_path / "good"
+    good.mkdir()
+    summary = {"finished": True, "method": "dml", "arch": "resnet32", "dataset": "synthetic", "num_peers": 2, "seed": 0,
+               "epochs": 1, "epochs_done": 1, "config": {}, "best": {},
+               "last": {"deployed": {"top1": 10.0, "top5": 1.0}, "peer_mean": {"top1": 11.0, "top5": 1.0},
+                        "ensemble": {"top1": 9.0, "top5": 1.0}}}
+    (good / "summary.json").write_text(json.dumps(summary))
+    for name, content in {"binary": b"\xff\xfe\x00garbage", "wrong_types": json.dumps({**summary, "last": {"deployed": {"top1": "x"}}}).encode(),
+                          "config_list": json.dumps({**summary, "config": [1]}).encode()}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_bytes(content)
+    (tmp_path / "folder_named_summary" / "summary.json").mkdir(parents=True)
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name in ("binary", "wrong_types", "config_list"):
+        assert f"okd report: skipped {tmp_path / name}:" in err, err

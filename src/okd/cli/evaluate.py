@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="image-decoding worker processes for folder/ImageNet data "
                    "(default: the run's, at most this machine's cores)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    add_plugin_argument(p, "; the run's own plugins are imported anyway")
+    add_plugin_argument(p, "; needed for a run trained with plugins: a checkpoint never imports them by itself")
     p.set_defaults(run=run_eval)
 
 
@@ -43,7 +43,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if note is not None:
         print(f"okd eval: {note}", file=sys.stderr)
     result = evaluate_checkpoint(str(checkpoint), args.data, args.device, args.batch_size, args.limit_batches, args.dataset,
-                                 args.workers)
+                                 args.workers, args.plugins)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", default="deployed", help="deployed (default) | ensemble | a peer index")
     p.add_argument("--format", default="state_dict", choices=("state_dict", "torchscript", "onnx"))
     p.add_argument("--out", required=True, help="file to write (e.g. model.pt, model.ts, model.onnx)")
-    add_plugin_argument(p, "; the run's own plugins are imported anyway")
+    add_plugin_argument(p, "; needed for a run trained with plugins: a checkpoint never imports them by itself")
     p.set_defaults(run=run)
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint, note = resolve_checkpoint(args.checkpoint)
     if note is not None:
         print(f"okd export: {note}", file=sys.stderr)
-    result = export_checkpoint(checkpoint, args.peer, args.format, args.out)
+    result = export_checkpoint(checkpoint, args.peer, args.format, args.out, args.plugins)
     meta = result.meta
     what = "ensemble" if meta["peer"] == "ensemble" else f"peer {meta['peer']}"
     check = ("NOT checked, see the warning" if result.max_abs_diff is None

@@ -22,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", default="deployed", help="with --checkpoint: deployed (default) | ensemble | a peer index")
     p.add_argument("--top-k", type=int, default=1, help="also list the K most probable classes (default 1)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    add_plugin_argument(p, "; the run's own plugins are imported anyway")
+    add_plugin_argument(p, "; needed for a run trained with plugins: a checkpoint never imports them by itself")
     p.set_defaults(run=run)
 
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint, note = resolve_checkpoint(args.checkpoint)
         if note is not None:
             print(f"okd predict: {note}", file=sys.stderr)
-        predictor = from_checkpoint(checkpoint, args.peer)
+        predictor = from_checkpoint(checkpoint, args.peer, args.plugins)
     else:
         predictor = from_model(args.model)
     results = classify(predictor, args.images, args.top_k)

@@ -59,22 +59,18 @@ def add_method_options(parser: argparse.ArgumentParser, method: str | None) -> N
 
 def method_named_in(argv: Sequence[str]) -> str | None:
     """The method a ``okd train`` command line names (``--method``, ``--arch <method>_...``, or its
-    ``--config`` file), after importing its plugins; None when it names none or a wrong one (the real
+    ``--config`` file), after importing the plugins it names (never a saved run's by itself); None when it names none or a wrong one (the real
     parse reports that)."""
     from okd.engine.config import normalise_key, read_yaml_config
     from okd.methods import resolve_method_name, split_arch
     from okd.plugins import import_plugins
 
-    from okd.engine.options import saved_plugins
-
     pre = argparse.ArgumentParser(add_help=False)
-    for flag in ("--method", "--arch", "--config", "--out"):
+    for flag in ("--method", "--arch", "--config"):
         pre.add_argument(flag)
-    pre.add_argument("-r", "--resume", action="store_true")
     add_plugin_argument(pre)
     known, _ = pre.parse_known_args(argv)
     try:
-        import_plugins(saved_plugins(known.out) if known.resume and known.out else None)  # a resumed run's own
         import_plugins(known.plugins)
         saved = {normalise_key(k): v for k, v in read_yaml_config(known.config).items()} if known.config else {}
         method, arch = known.method or saved.get("method"), known.arch or saved.get("arch")
@@ -229,7 +225,10 @@ def run_train(args: argparse.Namespace) -> int:
             summary = trainer.fit()
         except TrainingInterrupted as stop:
             if trainer.is_main:
-                print(f"okd train: {stop}; saved {out / 'last.pt'}.\nResume with: okd train --out {out} --resume")
+                try:  # after SIGHUP the terminal may be gone: the run is saved, the message is optional
+                    print(f"okd train: {stop}; saved {out / 'last.pt'}.\nResume with: okd train --out {out} --resume")
+                except OSError:
+                    pass
             return 128 + stop.signum
     if trainer.is_main and summary["last"]:
         from okd.models import arch_label

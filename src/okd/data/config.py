@@ -59,6 +59,8 @@ class DataSpec:
     train_targets: torch.Tensor  # [num_train] int64 on CPU, in training-set order
     class_names: tuple[str, ...] | None = None  # by label index; None where the data has no names (synthetic)
     manifest: dict[str, Any] | None = None  # plain data a run saves with its checkpoints, for --resume and eval
+    fingerprint: dict[str, Any] | None = None  # okd.data.fingerprint: saved with the run, --resume checks it
+    notes: tuple[str, ...] = ()  # what the user should know about how the data was read (skipped links)
 
 
 def check_folder_options(dataset: str, image_size: int | None, val_split: float | None, in_memory: str) -> None:

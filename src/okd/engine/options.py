@@ -2,8 +2,8 @@
 
 Precedence: defaults < ``--config`` YAML < the options given < the recipe (filled only where
 nothing was given). The plugins are imported before the recipe resolves ``arch`` and ``method``,
-which may be the plugins' own; on ``--resume`` the run's saved plugins are imported (and kept,
-when none are given) so the resumed config still matches the checkpoint's.
+which may be the plugins' own; on ``--resume`` the run's saved plugins must be among those given
+(a run folder never imports code by itself).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from okd.engine.config import TrainConfig, check_names, config_from_mapping, normalise_key, read_yaml_config
-from okd.plugins import import_plugins
+from okd.plugins import allow_saved_plugins, import_plugins
 
 
 def saved_plugins(run_folder: str | Path) -> list[str] | None:
@@ -47,10 +47,10 @@ def train_config(options: Mapping[str, Any], *, config_file: str | Path | None =
     """The validated config of a run from its options (TrainConfig field names) and an optional YAML file."""
     from okd.engine.recipe import resolve_config
 
-    previous = saved_plugins(resume_from) if resume_from is not None else None
-    import_plugins(previous)  # before the options are read: the run's plugin methods declare some of them
-    cfg = given_config(options, config_file)
+    cfg = given_config(options, config_file)  # imports the plugins named in options or the file, nothing else
     if resume_from is not None:
+        previous = saved_plugins(resume_from)
+        allow_saved_plugins(previous, cfg.plugins, f"run folder {resume_from}")
         if cfg.plugins is None:
             cfg.plugins = previous
     import_plugins(cfg.plugins)

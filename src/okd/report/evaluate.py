@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 
 from okd.engine.checkpoint_path import resolve_checkpoint
-from okd.plugins import import_plugins
+from okd.plugins import allow_saved_plugins
 
 
 def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto", batch_size: int | None = None,
-                        limit_batches: int | None = None, dataset: str | None = None, workers: int | None = None) -> dict:
-    """The errors of every peer, the peer mean, the deployed peer and the ensemble (``okd eval``, ``okd.evaluate``)."""
+                        limit_batches: int | None = None, dataset: str | None = None, workers: int | None = None,
+                        plugins: list[str] | None = None) -> dict:
+    """The errors of every peer, the peer mean, the deployed peer and the ensemble (``okd eval``, ``okd.evaluate``);
+    the run's plugins are imported only where ``plugins`` names them."""
     from okd.engine.checkpoint import load_checkpoint, state_dict_mismatch
     from okd.engine.config import check_positive, config_from_mapping, replace
     from okd.engine.distributed import current
@@ -25,7 +27,7 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
     path = str(resolve_checkpoint(path)[0])  # a run folder: its best.pt
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
-    import_plugins(cfg.plugins)
+    allow_saved_plugins(cfg.plugins, plugins, f"checkpoint {path}")
     changes = {"download": False, "device": device, "pretrained": False}  # the weights come from the checkpoint
     if dataset is not None:
         from okd.data import DATASETS
