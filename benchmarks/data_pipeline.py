@@ -26,20 +26,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import wait_for_idle  # noqa: E402
+from bench_common import PILCifar, sync, wait_for_idle  # noqa: E402
 
 from okd.data.augment import CIFAR100_MEAN, CIFAR100_STD, Normalizer  # noqa: E402
 from okd.data.loaders import TensorTrainLoader  # noqa: E402
 from okd.data.sampling import EpochPlan  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_okd(images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch_size: int, steps: int, warmup: int) -> dict:
@@ -57,21 +51,6 @@ def bench_okd(images: torch.Tensor, labels: torch.Tensor, device: torch.device, 
     sync(device)
     seconds = time.perf_counter() - start
     return {"pipeline": "okd batched on-device", "images": count, "seconds": seconds, "images_per_s": count / seconds}
-
-
-class PILCifar(torch.utils.data.Dataset):
-    """What torchvision.datasets.CIFAR100 does per item: HWC uint8 -> PIL image -> transforms."""
-
-    def __init__(self, data_hwc: np.ndarray, labels: list[int], transform) -> None:
-        self.data, self.labels, self.transform = data_hwc, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.data[index])), self.labels[index]
 
 
 def bench_pil(images: torch.Tensor, labels: torch.Tensor, device: torch.device, batch_size: int, steps: int, warmup: int, workers: int) -> dict:

@@ -33,44 +33,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_pipeline import PILCifar  # noqa: E402
-from train_throughput import _sync, build_case, wait_for_idle  # noqa: E402
+from bench_common import as_batches, pil_loaders, sync, wait_for_idle  # noqa: E402
+from train_throughput import build_case  # noqa: E402
 
-from okd.data.augment import Normalizer  # noqa: E402
 from okd.data.batch import Batch  # noqa: E402
 from okd.engine.step import train_step  # noqa: E402
 from okd.engine.trainer import evaluate, step_seed  # noqa: E402
-
-
-def pil_loaders(case: dict[str, Any], workers: int, batch_size: int, eval_batch_size: int):
-    """torchvision-style train/test DataLoaders over the same uint8 images as okd's loaders."""
-    from torchvision import transforms
-
-    train, test = case["train_loader"], case["eval_loader"]
-    norm: Normalizer = train.normalizer
-    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)])
-    test_tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(norm.mean, norm.std)])
-
-    class WithIndex(PILCifar):
-        """The original MCL-OKD dataset also returns each sample's index (its memory-bank row)."""
-
-        def __getitem__(self, index: int):
-            image, label = super().__getitem__(index)
-            return image, label, index
-
-    hwc = lambda x: x.cpu().permute(0, 2, 3, 1).contiguous().numpy()  # noqa: E731
-    pin = case["device"].type == "cuda"
-    train_set = WithIndex(hwc(train.images), train.targets.cpu().tolist(), train_tf)
-    test_set = WithIndex(hwc(test.images), test.targets.cpu().tolist(), test_tf)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin)
-    test_loader = torch.utils.data.DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
-    return train_loader, test_loader
-
-
-def _as_batches(loader: Any, device: torch.device) -> Iterator[Batch]:
-    for x, y, i in loader:
-        yield Batch(x.to(device, non_blocking=True), y.to(device, non_blocking=True), i.to(device, non_blocking=True))
 
 
 def run_epoch(case: dict[str, Any], train_batches: Iterator[Batch], eval_batches: Any, total_steps: int, total_eval: int,
@@ -86,7 +54,7 @@ def run_epoch(case: dict[str, Any], train_batches: Iterator[Batch], eval_batches
         if first_batch_s is None:
             first_batch_s = time.perf_counter() - started  # worker start-up + first batch for PIL
         if limit is not None and step == warmup:
-            _sync(dev)
+            sync(dev)
             timed_start = time.perf_counter()
         train_step(forward, method, case["optimizer"], batch, 0, device=dev, amp=case["amp"], seed=step_seed(cfg.seed, 0, step, 0))
         steps += 1
@@ -94,7 +62,7 @@ def run_epoch(case: dict[str, Any], train_batches: Iterator[Batch], eval_batches
             timed += 1
             if timed >= limit:
                 break
-    _sync(dev)
+    sync(dev)
     end = time.perf_counter()
     if limit is None:
         train_s, how = end - started, "measured"
@@ -102,10 +70,10 @@ def run_epoch(case: dict[str, Any], train_batches: Iterator[Batch], eval_batches
         per_step = (end - timed_start) / max(timed, 1)
         train_s, how = first_batch_s + per_step * (total_steps - 1), f"extrapolated from {timed} timed steps"
     eval_limit = None if limit is None else max(1, math.ceil(limit / 8))
-    _sync(dev)
+    sync(dev)
     began = time.perf_counter()
     evaluate(method, forward, eval_batches, dev, case["amp"], eval_limit)
-    _sync(dev)
+    sync(dev)
     eval_s = time.perf_counter() - began
     eval_done = total_eval if eval_limit is None else min(eval_limit, total_eval)
     eval_s *= total_eval / eval_done
@@ -151,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             label = "okd: in-memory, batched on-device augmentation"
         else:
             train_dl, test_dl = pil_loaders(case, args.pil_workers, args.batch_size, 500)
-            train_batches, eval_batches = _as_batches(train_dl, case["device"]), _EvalView(test_dl, case["device"])
+            train_batches, eval_batches = as_batches(train_dl, case["device"]), _EvalView(test_dl, case["device"])
             label = f"original-style: PIL + torchvision transforms, DataLoader with {args.pil_workers} workers"
         row = run_epoch(case, train_batches, eval_batches, total_steps, total_eval, args.limit_steps, args.warmup)
         row.update({"variant": variant, "pipeline": label, "train_steps": total_steps, "eval_batches": total_eval, "cpu_busy_before": busy})
@@ -191,7 +159,7 @@ class _EvalView:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        return _as_batches(self.loader, self.device)
+        return as_batches(self.loader, self.device)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import REFERENCE_CPU_IMG_S, _reset_hwm, _status_kib, wait_for_idle  # noqa: E402
+from bench_common import reset_hwm, status_kib, wait_for_idle  # noqa: E402
+from train_throughput import REFERENCE_CPU_IMG_S  # noqa: E402
 
 METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
 SCRIPT_BATCH = 128  # the DataLoader batch the non-MCL scripts hard-code
@@ -179,8 +180,8 @@ class TimedLoader:
         iterator = iter(self.loader)
         for index in range(self.batches):
             if index == self.warmup:
-                self.rss_before_mb = _status_kib("VmRSS") / 1024
-                _reset_hwm()
+                self.rss_before_mb = status_kib("VmRSS") / 1024
+                reset_hwm()
             self.marks.append(time.perf_counter())
             try:
                 batch = next(iterator)
@@ -263,7 +264,7 @@ def run_method(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
     step_s = [b - a for a, b in zip(timed.marks[args.warmup:-1], timed.marks[args.warmup + 1:])]
     images = sum(timed.sizes[args.warmup:])
-    peak = _status_kib("VmHWM") / 1024
+    peak = status_kib("VmHWM") / 1024
     return {
         "method": method, "script": f"main_cifar_{method}.py", "arch": sargs.arch, "argv": argv[1:],
         "branches": getattr(sargs, "num_branches", 1), "batch": args.batch_size, "workers": workers,

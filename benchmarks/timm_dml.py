@@ -12,7 +12,7 @@ network-images per second (that times the number of networks: the work a cohort 
 
     python benchmarks/timm_dml.py --model resnet18 --batch-size 32 --image-size 32 --steps 10 --json out.json
 
-Needs timm (``pip install 'okd[timm]'``). Bad input (an unknown model, ``--device cuda`` without a
+Needs timm (``pip install 'okd-torch[timm]'``). Bad input (an unknown model, ``--device cuda`` without a
 GPU) is one line on stderr and exit 2.
 """
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         import timm
     except ImportError:
-        raise OKDUserError("this benchmark needs timm: pip install 'okd[timm]'") from None
+        raise OKDUserError("this benchmark needs timm: pip install 'okd-torch[timm]'") from None
     if not timm.is_model(args.model):
         raise OKDUserError(f"unknown timm model {args.model!r}")
     common = {"batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps, "warmup": args.warmup}

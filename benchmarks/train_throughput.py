@@ -51,7 +51,10 @@ from typing import Any
 
 import torch
 
-from okd.errors import OKDUserError
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import reset_hwm, status_kib, sync, wait_for_idle  # noqa: E402
+
+from okd.errors import OKDUserError  # noqa: E402
 
 ORIGINAL_METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
 METHODS = (*ORIGINAL_METHODS, "kdcl", "pcl", "mcl", "lmcl", "okdph", "switokd")
@@ -63,57 +66,11 @@ FIXED_PEERS = {"baseline": 1, "switokd": 2}  # methods whose cohort size is fixe
 REFERENCE_CPU_IMG_S = {"baseline": 610, "dml": 225, "cl_ilr": 285, "one": 355, "okddip": 365, "mcl_okd": 212}
 
 
-def _status_kib(field: str) -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_hwm() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-    except OSError:
-        pass
-
-
-def cpu_busy(seconds: float = 2.0) -> float:
-    """Fraction of all cores busy over ``seconds`` (from /proc/stat), whoever uses them."""
-    def sample() -> list[int]:
-        return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-
-    try:
-        a = sample()
-        time.sleep(seconds)
-        b = sample()
-    except OSError:
-        return 0.0
-    delta = [y - x for x, y in zip(a, b)]
-    return 1.0 - (delta[3] + delta[4]) / max(sum(delta), 1)
-
-
-def wait_for_idle(limit_s: float, threshold: float = 0.15) -> float:
-    """On a shared machine, wait (at most ``limit_s``) until other processes leave the CPU; returns the last busy fraction."""
-    deadline = time.monotonic() + limit_s
-    busy = cpu_busy()
-    while busy > threshold and time.monotonic() < deadline:
-        busy = cpu_busy()
-    return busy
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def recipe_batch_size(method: str) -> int:
     """The CIFAR-100 recipe's batch for ``method`` (what ``okd train --dataset cifar100`` uses)."""
-    from okd.engine.recipe import _optimisation_recipe
+    from okd.engine.recipe import recipe_for
 
-    return int(_optimisation_recipe(method, "cifar100")["batch_size"])
+    return int(recipe_for(method, "cifar100", ["resnet32"])["batch_size"])
 
 
 def build_case(
@@ -136,7 +93,7 @@ def build_case(
     """Config, loaders, method, optimiser and forward module, built as the Trainer builds them."""
     from okd.engine import distributed as okd_dist
     from okd.engine.config import TrainConfig
-    from okd.engine.recipe import NCE_K_BY_BACKBONE, resolve_config
+    from okd.engine.recipe import recipe_for, resolve_config
     from okd.engine.step import make_optimizer
     from okd.engine.trainer import build_for_config, resolve_device
 
@@ -155,7 +112,7 @@ def build_case(
             eval_batch_size=eval_batch_size,
             lr=0.05 if method == "mcl_okd" else 0.1,
             wd=5e-4,
-            nce_k=NCE_K_BY_BACKBONE.get(arch, 256) if method == "mcl_okd" else None,
+            nce_k=recipe_for(method, "cifar100", [arch]).get("nce_k"),
             device=device,
             amp=amp,
             compile=compile,
@@ -175,7 +132,7 @@ def build_case(
 
 def make_original_style(case: dict[str, Any], workers: int) -> None:
     """Turn a built case into the original implementation's way of running the same step (in place)."""
-    from epoch_time import _as_batches, pil_loaders
+    from bench_common import as_batches, pil_loaders
 
     from okd.losses.contrastive import multiview_nce_loss_pairwise
 
@@ -192,7 +149,7 @@ def make_original_style(case: dict[str, Any], workers: int) -> None:
 
     class Loader:
         def epoch(self, epoch: int):
-            return _as_batches(train_dl, case["device"])
+            return as_batches(train_dl, case["device"])
 
     case["train_loader"] = Loader()
     case["item_per_step"] = True
@@ -209,12 +166,12 @@ def batches(loader: Any, epoch: int = 0):
 def time_training(case: dict[str, Any], steps: int, warmup: int, profile: int = 0) -> dict[str, Any]:
     """Per-step wall times of the engine's step (data drawn inside the timed region)."""
     from okd.engine.step import train_step
-    from okd.engine.trainer import _EpochSums, step_seed
+    from okd.engine.trainer import EpochSums, step_seed
 
     cfg, dev, method = case["cfg"], case["device"], case["method"]
     case["forward"].train()
     stream = batches(case["train_loader"])
-    sums = _EpochSums()
+    sums = EpochSums()
     first_bad = torch.full((), -1, dtype=torch.long, device=dev)
 
     def one_step() -> int:
@@ -230,16 +187,16 @@ def time_training(case: dict[str, Any], steps: int, warmup: int, profile: int = 
 
     for _ in range(warmup):
         one_step()
-    _sync(dev)
+    sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    rss_before = _status_kib("VmRSS") / 1024
-    _reset_hwm()
+    rss_before = status_kib("VmRSS") / 1024
+    reset_hwm()
     times, images = [], 0
     for _ in range(steps):
         start = time.perf_counter()
         images += one_step()
-        _sync(dev)  # a no-op on CPU; on CUDA it makes per-step times honest
+        sync(dev)  # a no-op on CPU; on CUDA it makes per-step times honest
         times.append(time.perf_counter() - start)
     result: dict[str, Any] = {
         "steps": steps,
@@ -255,7 +212,7 @@ def time_training(case: dict[str, Any], steps: int, warmup: int, profile: int = 
     if dev.type == "cuda":
         result["peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        result["peak_mb"] = _status_kib("VmHWM") / 1024
+        result["peak_mb"] = status_kib("VmHWM") / 1024
         result["step_growth_mb"] = max(result["peak_mb"] - rss_before, 0.0)
     if profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile
@@ -264,7 +221,7 @@ def time_training(case: dict[str, Any], steps: int, warmup: int, profile: int = 
         with torch_profile(activities=activities) as prof:
             for _ in range(profile):
                 one_step()
-            _sync(dev)
+            sync(dev)
         sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
         result["profile"] = prof.key_averages().table(sort_by=sort, row_limit=25)
     return result
@@ -277,20 +234,20 @@ def time_data(case: dict[str, Any], steps: int, warmup: int) -> dict[str, Any]:
     stream = batches(loader)
     for _ in range(warmup):
         next(stream)
-    _sync(dev)
+    sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         before_mb = torch.cuda.memory_allocated(dev) / 2**20
     else:
-        before_mb = _status_kib("VmRSS") / 1024
-        _reset_hwm()
+        before_mb = status_kib("VmRSS") / 1024
+        reset_hwm()
     times, images = [], 0
     for _ in range(steps):
         start = time.perf_counter()
         images += next(stream)[2].targets.shape[0]
-        _sync(dev)
+        sync(dev)
         times.append(time.perf_counter() - start)
-    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else _status_kib("VmHWM") / 1024
+    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else status_kib("VmHWM") / 1024
     store = getattr(loader, "images", None)
     return {"steps": steps, "images": images, "img_s_median": images / steps / statistics.median(times),
             "img_s_best": images / steps / min(times), "ms_per_step_median": 1000 * statistics.median(times),

@@ -46,22 +46,18 @@ def small_cnn(num_classes: int = 10) -> okd.Backbone:
 class AvgTeacher(okd.OKDMethod):
     """Every peer learns from the labels and from the cohort's mean prediction, detached.
 
-    L = sum_i CE(z_i, y) + sum_i KL_T(z_i || stopgrad(mean_j z_j)). ``kd_t`` is filled from
-    ``--kd-t`` when given: a method receives each okd option its ``__init__`` names.
+    L = sum_i CE(z_i, y) + sum_i KL_T(z_i || stopgrad(mean_j z_j)).
     """
 
     name = "avg_teacher"
     default_share = "early"
     allowed_shares = ("none", "early")
-
-    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None,
-                 kd_t: float = 3.0) -> None:
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t = kd_t
+    # One declaration gives --kd-t, the YAML key kd_t, okd.train(kd_t=...), --help and the check
+    options = (okd.Option("kd_t", float, 3.0, "distillation temperature", minimum=0.0, exclusive_minimum=True),)
 
     def losses(self, output, batch, epoch: int) -> dict[str, torch.Tensor]:
         teacher = torch.stack(output.logits).mean(0).detach()
         return {
             "ce": sum_cross_entropy(output.logits, batch.targets),
-            "kd": kl_to_targets(output.logits, [teacher] * len(output.logits), self.kd_t),
+            "kd": kl_to_targets(output.logits, [teacher] * len(output.logits), self.opt.kd_t),
         }

@@ -4,8 +4,9 @@
     OKD_EXAMPLE_SMOKE=1 python ...            # a few steps only (what the tests run)
 
 ``my_models`` (next to this file) registers the ``small_cnn`` backbone and the ``avg_teacher``
-method; naming it in ``plugins`` saves it with the run, so the checkpoint can be reloaded anywhere
-``my_models`` can be imported.
+method; naming it in ``plugins`` saves it with the run, and naming it again (``plugins=["my_models"]``,
+``--plugin my_models``) reloads the checkpoint anywhere ``my_models`` can be imported: a checkpoint
+never imports code by itself.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ for method in ("dml", "avg_teacher"):
           f"of the ensemble {last['ensemble']['top1']:.2f}% ({summary['params']['deployed']:,} parameters)")
 
 # Without an ``out`` folder each run got a new one under runs/; the summary names it.
-net = okd.load_peer(os.path.join(summary["run_folder"], "last.pt"))  # the avg_teacher run's deployed peer
+net = okd.load_peer(os.path.join(summary["run_folder"], "last.pt"), plugins=["my_models"])  # avg_teacher's deployed peer
 images, labels = load_digits_uint8()[2:]
 mean, std = torch.tensor(DIGITS_MEAN).view(1, 3, 1, 1), torch.tensor(DIGITS_STD).view(1, 3, 1, 1)
 with torch.no_grad():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import okd
 from okd.cli.main import main
@@ -129,24 +130,55 @@ def test_a_plugin_that_cannot_be_imported_is_a_usage_error(tmp_path: Path, monke
     assert not out.exists()
 
 
-def test_commands_import_the_checkpoints_plugins(api_runs: tuple[Path, list[dict]], tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """A checkpoint naming a plugin that is gone: eval, export and load_peer name it; report notes it."""
+def test_a_checkpoint_never_imports_its_plugins_by_itself(api_runs: tuple[Path, list[dict]], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint naming a module that would run code on import: eval, export, load_peer, evaluate and --resume
+    refuse, naming it and --plugin, and the module never runs; named with --plugin, it is imported (here it fails)."""
     root, (first, _) = api_runs
     run = tmp_path / "run"
     shutil.copytree(root / first["run_folder"], run)
+    monkeypatch.chdir(tmp_path)  # the folder a plugin is looked up in last
+    (tmp_path / "planted_plugin_mod.py").write_text("open('ran', 'w').close()\nraise ImportError('planted')\n")
     state = load_checkpoint(run / "last.pt")
-    state["config"]["plugins"] = ["gone_plugin_mod"]
+    state["config"]["plugins"] = ["planted_plugin_mod"]
     save_checkpoint(run / "last.pt", {k: v for k, v in state.items() if k != "format"})
-    message = "cannot import plugin 'gone_plugin_mod': No module named 'gone_plugin_mod'"
-    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--device", "cpu"]) == 2
-    assert message in capsys.readouterr().err
-    assert main(["export", "--checkpoint", str(run / "last.pt"), "--out", str(tmp_path / "m.pt")]) == 2
-    assert message in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("plugins: null", "plugins:\n- planted_plugin_mod"))
+    refusal = "was trained with plugin 'planted_plugin_mod'; a saved run never imports code by itself"
+    last = str(run / "last.pt")
+    image = tmp_path / "image.png"
+    Image.new("RGB", (16, 16)).save(image)
+    for args in (["eval", "--checkpoint", last, "--device", "cpu"], ["export", "--checkpoint", last, "--out", str(tmp_path / "m.pt")],
+                 ["predict", "--checkpoint", last, str(image)], ["train", *FLAGS, "--epochs", "2", "--out", str(run), "--resume"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert refusal in err and "--plugin planted_plugin_mod" in err and len(err.strip().splitlines()) == 1, err
+    for call in (lambda: okd.load_peer(last), lambda: okd.evaluate(last, device="cpu"), lambda: okd.predict(image, checkpoint=last)):
+        with pytest.raises(OKDUserError, match=refusal):
+            call()
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "m.pt").exists()
+    message = "cannot import plugin 'planted_plugin_mod': planted"
+    assert main(["eval", "--checkpoint", last, "--device", "cpu", "--plugin", "planted_plugin_mod"]) == 2
+    assert message in capsys.readouterr().err and (tmp_path / "ran").exists()
     with pytest.raises(OKDUserError, match=message):
-        okd.load_peer(run / "last.pt")
+        okd.load_peer(last, plugins=["planted_plugin_mod"])
     summary = json.loads((run / "summary.json").read_text())
-    summary["config"]["plugins"] = ["gone_plugin_mod"]
+    summary["config"]["plugins"] = ["planted_plugin_mod"]
     (run / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "ran").unlink()
     assert main(["report", str(run), "--format", "json"]) == 0
-    assert f"okd report: note: {message}" in capsys.readouterr().err
+    assert "okd report: note: runs name plugin 'planted_plugin_mod', not imported" in capsys.readouterr().err
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("name, body, message", [  # one module name each: a folder once searched stays on sys.path
+    ("raising_plugin_mod", "raise ValueError('bad config')\n", "plugin 'raising_plugin_mod' raised ValueError: bad config while being imported"),
+    ("exiting_plugin_mod", "import sys\nsys.exit(3)\n", "plugin 'exiting_plugin_mod' called sys.exit(3) while being imported"),
+])
+def test_a_plugin_that_raises_or_exits_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str], name: str, body: str, message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / f"{name}.py").write_text(body)
+    out = tmp_path / "run"
+    assert main(["train", *FLAGS, "--plugin", name, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not out.exists()

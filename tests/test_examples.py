@@ -1,5 +1,6 @@
 """Every script in examples/ runs (at smoke size) and prints what it promises; the plugin example
-works with the okd command: trained with --plugin, then resumed, evaluated and exported without it."""
+works with the okd command: trained with --plugin, then resumed, evaluated and exported naming it again
+(a checkpoint never imports its plugins by itself)."""
 
 from __future__ import annotations
 
@@ -62,15 +63,18 @@ def test_plugin_with_the_okd_command(tmp_path: Path) -> None:
     mine = ["--arch", "small_cnn", "--method", "avg_teacher", "--out", str(out)]
     run(["-m", "okd", "train", *TINY, *mine, "--plugin", "my_models", "--epochs", "1"], tmp_path, EXAMPLES)
     assert "plugins:\n- my_models\n" in (out / "config.yaml").read_text()
-    # no --plugin from here on: each command imports the run's own plugins
+    # each later command names the plugin again: a checkpoint never imports it by itself
+    mine += ["--plugin", "my_models"]
     run(["-m", "okd", "train", *TINY, *mine, "--epochs", "2", "--resume"], tmp_path, EXAMPLES)
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    result = json.loads(run(["-m", "okd", "eval", "--checkpoint", str(out / "last.pt"), "--format", "json"], tmp_path, EXAMPLES))
+    result = json.loads(run(["-m", "okd", "eval", "--checkpoint", str(out / "last.pt"), "--format", "json", "--plugin", "my_models"],
+                            tmp_path, EXAMPLES))
     assert (result["method"], result["arch"], result["epoch"]) == ("avg_teacher", "small_cnn", 2)
-    printed = run(["-m", "okd", "export", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "m.pt")], tmp_path, EXAMPLES)
+    printed = run(["-m", "okd", "export", "--checkpoint", str(out / "last.pt"), "--out", str(tmp_path / "m.pt"), "--plugin", "my_models"],
+                  tmp_path, EXAMPLES)
     assert "avg_teacher small_cnn peer 0 (4 classes" in printed and "max |logit difference| vs checkpoint 0.00e+00" in printed
     # where the plugin cannot be imported: exit 2 with the module's name
-    failed = subprocess.run([sys.executable, "-m", "okd", "eval", "--checkpoint", str(out / "last.pt")], cwd=tmp_path,
+    failed = subprocess.run([sys.executable, "-m", "okd", "eval", "--checkpoint", str(out / "last.pt"), "--plugin", "my_models"], cwd=tmp_path,
                             env=env(), capture_output=True, text=True, timeout=600)
     assert failed.returncode == 2
     assert "cannot import plugin 'my_models': No module named 'my_models'" in failed.stderr

@@ -182,7 +182,7 @@ def test_onnx_without_onnxruntime_warns_it_is_unchecked(checkpoints: dict[str, P
     assert "NOT checked" in out and (tmp_path / "m.onnx").is_file()
     warning = err.strip()
     assert "\n" not in warning and "onnxruntime is not installed" in warning and "not compared" in warning
-    assert "pip install 'okd[export]'" in warning
+    assert "pip install 'okd-torch[export]'" in warning
 
 
 @pytest.mark.parametrize("args, message", [
@@ -202,7 +202,7 @@ def test_not_a_checkpoint_and_missing_onnx(checkpoints: dict[str, Path], tmp_pat
     assert main(["export", "--checkpoint", str(tmp_path / "junk.pt"), "--out", str(tmp_path / "y")]) == 2
     monkeypatch.setitem(sys.modules, "onnx", None)
     code = main(["export", "--checkpoint", str(checkpoints["one"]), "--format", "onnx", "--out", str(tmp_path / "z.onnx")])
-    assert code == 2 and "pip install 'okd[export]'" in capsys.readouterr().err
+    assert code == 2 and "pip install 'okd-torch[export]'" in capsys.readouterr().err
 
 
 def test_export_difference_counts_matching_overflow_as_equal_and_any_other_non_finite_as_a_mismatch() -> None:

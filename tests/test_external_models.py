@@ -199,7 +199,7 @@ def test_unknown_library_model_and_missing_timm(monkeypatch: pytest.MonkeyPatch,
     assert "unknown torchvision classification model 'no_such_net'" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
     assert main(["models", "--arch", "timm:resnet18"]) == 2
-    assert "pip install 'okd[timm]'" in capsys.readouterr().err
+    assert "pip install 'okd-torch[timm]'" in capsys.readouterr().err
 
 
 # -- --pretrained: local files only ---------------------------------------------------------------------

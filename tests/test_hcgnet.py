@@ -1,4 +1,4 @@
-"""HCGNet-A1: exact sizes per part (reference-spec §3.5), MACs, shapes, cohorts, peer extraction."""
+"""HCGNet-A1: exact sizes per part (docs/reference-spec.md §3.5), MACs, shapes, cohorts, peer extraction."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from okd.losses.negatives import build_class_index, check_num_negatives, contras
 
 
 def _plain_nce(p: list[list[float]], num_data: int, eps: float = 1e-7) -> float:
-    """The formula of reference-spec §4.7, written with loops."""
+    """The formula of docs/reference-spec.md §4.7, written with loops."""
     batch, m = len(p), len(p[0]) - 1
     noise = m / num_data
     total = 0.0

@@ -1,4 +1,4 @@
-"""Distillation losses against hand formulas (reference-spec §4: KL_T, OKDDip's ramp-up)."""
+"""Distillation losses against hand formulas (docs/reference-spec.md §4: KL_T, OKDDip's ramp-up)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,19 @@
 """DML, CL-ILR, ONE and OKDDip: losses against independent formulas, gradient flow, the CL-ILR
-tree's gradient averaging, exact training-graph sizes (reference-spec §4.1) and a few real steps."""
+tree's gradient averaging, exact training-graph sizes (docs/reference-spec.md §4.1) and a few real steps."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from plain_math import ce_tensor as ce, kl_t_tensor as kl, softmax_t_tensor as softmax_t
 from okd.data.batch import Batch
 from okd.methods import DatasetInfo, build_method, split_arch
 from okd.models import CohortOutput, count_params, list_backbones
 
 METHODS = ("dml", "cl_ilr", "one", "okddip")
 
-# 4-peer training graphs with their heads, reference-spec §4.1 (DenseNet CL-ILR without its 14,880 dead params).
+# 4-peer training graphs with their heads, docs/reference-spec.md §4.1 (DenseNet CL-ILR without its 14,880 dead params).
 SIZES = {
     "resnet32": (1_819_552, 1_642_016, 1_553_388, 1_554_272),
     "resnet110": (4_517_344, 4_077_536, 3_858_156, 3_874_016),
@@ -31,21 +32,7 @@ Y = torch.tensor([1, 2])
 BATCH = Batch(torch.zeros(2, 3, 32, 32), Y, torch.arange(2))
 
 
-# -- independent plain-tensor formulas ------------------------------------------------------------
-def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return -torch.log(torch.exp(z) / torch.exp(z).sum(1, keepdim=True))[torch.arange(len(y)), y].mean()
-
-
-def kl(s: torch.Tensor, t: torch.Tensor, T: float) -> torch.Tensor:
-    p_t = torch.exp(t / T) / torch.exp(t / T).sum(1, keepdim=True)
-    p_s = torch.exp(s / T) / torch.exp(s / T).sum(1, keepdim=True)
-    return T * T * (p_t * (p_t.log() - p_s.log())).sum(1).mean()
-
-
-def softmax_t(z: torch.Tensor, T: float) -> torch.Tensor:
-    return torch.exp(z / T) / torch.exp(z / T).sum(1, keepdim=True)
-
-
+# -- hand-made cohort outputs (the formulas: tests/plain_math.py) -----------------------------------
 def leaves() -> list[torch.Tensor]:
     return [torch.tensor(z, requires_grad=True) for z in Z]
 
@@ -250,7 +237,7 @@ def test_training_graph_sizes_match_reference(backbone: str) -> None:
     assert counts == SIZES[backbone]
 
 
-# Pooled-feature size d of each backbone (reference-spec §4.1: MCL-OKD's heads are Linear(d, 128)).
+# Pooled-feature size d of each backbone (docs/reference-spec.md §4.1: MCL-OKD's heads are Linear(d, 128)).
 FEATURE_DIMS = {"resnet32": 64, "resnet110": 256, "densenet40_12": 132, "vgg16": 512, "hcgnet_a1": 414, "resnet34": 512}
 
 
@@ -258,7 +245,7 @@ FEATURE_DIMS = {"resnet32": 64, "resnet110": 256, "densenet40_12": 132, "vgg16":
 def test_mcl_okd_sizes_are_dml_plus_one_embedding_head_per_peer(backbone: str) -> None:
     if backbone not in list_backbones():
         pytest.skip(f"{backbone} not registered yet")
-    dml = SIZES[backbone][0] if backbone in SIZES else 83_146_976  # reference-spec §4.1 (resnet34: ImageNet, 1000 classes)
+    dml = SIZES[backbone][0] if backbone in SIZES else 83_146_976  # docs/reference-spec.md §4.1 (resnet34: ImageNet, 1000 classes)
     classes = 1000 if backbone == "resnet34" else 100
     d = FEATURE_DIMS[backbone]
     m = build_method("mcl_okd", backbone, classes, 4, dataset=DatasetInfo(64, classes, torch.arange(64) % classes), nce_k=8)

@@ -11,7 +11,7 @@ from torch import nn
 from okd.cli.main import main
 from okd.models import Cohort, count_macs, count_params, create_backbone, list_backbones, resolve_backbone_name
 
-PAPER = {  # name: (params, MACs in G) — reference-spec §3 / the original README's table
+PAPER = {  # name: (params, MACs in G) — docs/reference-spec.md §3 / the original README's table
     "resnet32": (472_756, 0.0691),
     "resnet110": (1_170_868, 0.1675),
     "densenet40_12": (188_092, 0.0724),
@@ -20,7 +20,7 @@ PAPER = {  # name: (params, MACs in G) — reference-spec §3 / the original REA
     "resnet34": (21_797_672, 3.66),
 }
 
-# 4-peer cohorts without method heads (reference-spec §4.1; DenseNet tree without the 14,880 unused).
+# 4-peer cohorts without method heads (docs/reference-spec.md §4.1; DenseNet tree without the 14,880 unused).
 COHORTS = {
     "resnet32": {"early": 1_819_552, "late": 1_553_248, "tree": 1_642_016},
     "resnet110": {"early": 4_517_344, "late": 3_857_632, "tree": 4_077_536},
@@ -100,7 +100,7 @@ def test_resnet34_cohort_and_peer_extraction(share: str) -> None:
     _check_cohort_and_peers("resnet34", share, 3, 32)  # small input: the net is size-agnostic (GAP)
 
 
-# -- weight initialisation: reference-spec §3 ---------------------------------------------------
+# -- weight initialisation: docs/reference-spec.md §3 ---------------------------------------------------
 # conv: "fan_out" / "fan_in" kaiming normal (ReLU gain), or "default" (PyTorch's kaiming uniform,
 # a=sqrt(5): U(+-1/sqrt(fan_in))); fc: "default", "default_zero_bias" or "normal_0.01".
 INIT = {

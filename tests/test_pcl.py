@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from plain_math import ce_tensor as _ce, kl_t_tensor as _kl
 from okd.cli.main import main
 from okd.data.batch import Batch
 from okd.errors import OKDUserError
@@ -23,16 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only 
 def pcl(num_peers: int = 3, classes: int = 5, **opts):
     torch.manual_seed(0)
     return build_method("pcl", "resnet32", classes, num_peers, **opts)
-
-
-def _ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return -torch.log(torch.exp(z) / torch.exp(z).sum(1, keepdim=True))[torch.arange(len(y)), y].mean()
-
-
-def _kl(s: torch.Tensor, t: torch.Tensor, T: float) -> torch.Tensor:
-    p_t = torch.exp(t / T) / torch.exp(t / T).sum(1, keepdim=True)
-    p_s = torch.exp(s / T) / torch.exp(s / T).sum(1, keepdim=True)
-    return T * T * (p_t * (p_t.log() - p_s.log())).sum(1).mean()
 
 
 def test_cohort_fusion_head_and_frozen_shadow_sizes() -> None:

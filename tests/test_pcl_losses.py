@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from okd.engine.ema import ema_rate, ema_update_
+from okd.common.ema import ema_rate, ema_update_
 from okd.losses.pcl import pcl_rampup, peer_ensemble_kl, peer_mean_kl
 from plain_math import kl_t, softmax
 

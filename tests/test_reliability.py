@@ -307,11 +307,11 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path: Path, monkeyp
     def full_disk_fsync(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def counting_save(path: Path, state: dict) -> None:
+    def counting_save(path: Path, state: dict, **kwargs) -> None:
         saves["n"] += 1
         if saves["n"] > 1:  # the first epoch's checkpoints get through, then the disk is full
             monkeypatch.setattr(checkpoint.os, "fsync", full_disk_fsync)
-        real_save(path, state)
+        real_save(path, state, **kwargs)
 
     import okd.engine.trainer as trainer
 
@@ -366,3 +366,23 @@ def test_read_only_output_folder_gives_a_clear_error_and_keeps_the_run(tmp_path:
     assert (out / "last.pt").read_bytes() == before
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert main(["train", *TINY, "--out", str(out), "--epochs", "2", "--resume"]) == 0  # writable again: it continues
+
+
+def test_skip_step_policy_survives_an_epoch_where_every_step_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import okd.methods.dml as dml
+
+    original = dml.DML.losses
+
+    def nan_in_epoch_two(self, output, batch, epoch):
+        losses = original(self, output, batch, epoch)
+        if epoch == 1:
+            losses["ce"] = losses["ce"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(dml.DML, "losses", nan_in_epoch_two)
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(out), "--epochs", "3", "--nan-policy", "skip-step", "--limit-batches", "2"]) == 0
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records[1]["train"] == {} and "total" in records[2]["train"]
+    assert "epoch 2/3  loss n/a (every step skipped)" in (out / "train.log").read_text()
+    assert load_checkpoint(out / "last.pt")["epoch"] == 3

@@ -284,7 +284,7 @@ def test_plot_without_matplotlib(runs: Path, monkeypatch: pytest.MonkeyPatch, ca
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     monkeypatch.setitem(__import__("sys").modules, "matplotlib.figure", None)
     code, _, err = _report(capsys, runs, "--plot", "x.png")
-    assert code == 2 and "pip install 'okd[plot]'" in err
+    assert code == 2 and "pip install 'okd-torch[plot]'" in err
 
 
 def _commands(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
@@ -319,7 +319,7 @@ def test_reproduce_prints_a_parsable_command_per_cell(capsys: pytest.CaptureFixt
 
 def test_reproduce_pins_the_recipe_values(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Recipe-filled values are written into each command, from okd train's own recipe code."""
-    import okd.engine.recipe as recipe
+    from okd.methods import mcl_okd
     from okd.cli.train import config_from_args
     from okd.engine.recipe import resolve_config
 
@@ -343,7 +343,7 @@ def test_reproduce_pins_the_recipe_values(capsys: pytest.CaptureFixture[str], mo
     (line,) = _commands(capsys, "--table", "imagenet", "--method", "mcl_okd", "--", "--epochs", "5", "--num-peers", "2")[1::2]
     assert line.count("--epochs") == line.count("--num-peers") == 1 and line.endswith("--epochs 5 --num-peers 2")
     # a later change of okd train's recipe changes the commands with it (no duplicated defaults)
-    monkeypatch.setattr(recipe, "NCE_K_BY_BACKBONE", {**recipe.NCE_K_BY_BACKBONE, "vgg16": 4096})
+    monkeypatch.setattr(mcl_okd, "NCE_K_BY_BACKBONE", {**mcl_okd.NCE_K_BY_BACKBONE, "vgg16": 4096})  # MCL-OKD's own recipe
     assert "--nce-k 4096" in _commands(capsys, "--table", "ablation", "--arch", "vgg16")[-1]
 
 
@@ -385,3 +385,24 @@ def test_arch_filter_keeps_only_those_rows(runs: Path, capsys: pytest.CaptureFix
     assert models == ["ResNet-32"]
     code, _, err = _report(capsys, runs, "--arch", "resnet33")
     assert code == 2 and "resnet33" in err and "resnet32" in err
+
+
+def test_report_skips_a_run_it_cannot_read_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unreadable, binary or damaged summaries are each a note; the report of the other runs goes on."""
+    good = tmp_path / "good"
+    good.mkdir()
+    summary = {"finished": True, "method": "dml", "arch": "resnet32", "dataset": "synthetic", "num_peers": 2, "seed": 0,
+               "epochs": 1, "epochs_done": 1, "config": {}, "best": {},
+               "last": {"deployed": {"top1": 10.0, "top5": 1.0}, "peer_mean": {"top1": 11.0, "top5": 1.0},
+                        "ensemble": {"top1": 9.0, "top5": 1.0}}}
+    (good / "summary.json").write_text(json.dumps(summary))
+    for name, content in {"binary": b"\xff\xfe\x00garbage", "wrong_types": json.dumps({**summary, "last": {"deployed": {"top1": "x"}}}).encode(),
+                          "config_list": json.dumps({**summary, "config": [1]}).encode()}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_bytes(content)
+    (tmp_path / "folder_named_summary" / "summary.json").mkdir(parents=True)
+    assert main(["report", str(tmp_path), "--format", "json"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for name in ("binary", "wrong_types", "config_list"):
+        assert f"okd report: skipped {tmp_path / name}:" in err, err

@@ -1,4 +1,4 @@
-"""Speed options must not change what is learned beyond float rounding (design.md §5).
+"""Speed options must not change what is learned beyond float rounding (docs/design.md §5).
 
 A few real training steps through the CLI with and without each option testable on CPU; weights,
 BN statistics, optimiser state and logged losses must agree to ~1e-5.

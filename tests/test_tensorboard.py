@@ -51,4 +51,4 @@ def test_missing_tensorboard_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     code = main(["train", *TINY, "--tensorboard", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert "--tensorboard" in err and "pip install 'okd[tensorboard]'" in err
+    assert "--tensorboard" in err and "pip install 'okd-torch[tensorboard]'" in err

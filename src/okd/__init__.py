@@ -35,6 +35,7 @@ _EXPORTS = {
     "create_backbone": "okd.models",
     "register_method": "okd.methods",
     "OKDMethod": "okd.methods",
+    "Option": "okd.methods",
     "OKDUserError": "okd.errors",
 }
 

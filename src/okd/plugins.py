@@ -2,8 +2,10 @@
 
 A plugin is an ordinary importable module whose import calls ``okd.register_backbone`` /
 ``okd.register_method``. okd imports the plugins a run names before it resolves ``--arch`` and
-``--method``, and saves their names with the run, so every later command that rebuilds the model
-(``okd eval``, ``okd export``, ``--resume``, ``okd.load_peer``) imports them again by itself.
+``--method``, and saves their names with the run. A saved run never imports them by itself: a
+checkpoint or run folder is data, and data must not choose what code runs. Every later command that
+rebuilds the model (``okd eval``, ``okd export``, ``--resume``, ``okd.evaluate``, ``okd.load_peer``)
+imports a run's plugins only when the user names the same ones (``allow_saved_plugins``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,31 @@ def import_plugins(names: Iterable[str] | None) -> None:
             raise OKDUserError(f"cannot import plugin {name!r}: {first} (install it or put its folder on PYTHONPATH)") from None
         except SyntaxError as exc:
             raise OKDUserError(f"cannot import plugin {name!r}: {exc.msg} ({exc.filename}, line {exc.lineno})") from None
+        except SystemExit as exc:  # a plugin must not end okd: exit 2 naming it, as for any other failure
+            raise OKDUserError(f"plugin {name!r} called sys.exit({exc.code!r}) while being imported; "
+                               "a plugin module must only register backbones/methods") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the user's module raises is reported in one line
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise OKDUserError(f"plugin {name!r} raised {type(exc).__name__}{': ' + first if first else ''} while being "
+                               "imported (fix the module, or leave out --plugin)") from None
+
+
+def allow_saved_plugins(needed: Iterable[str] | None, given: Iterable[str] | None, source: str) -> None:
+    """Import the plugins a saved run names, but only those the user named too (or that are imported already).
+
+    ``source`` is the checkpoint or run folder, named in the refusal so the user knows what asked
+    for the code. A module already in ``sys.modules`` runs no new code, so it needs no permission.
+    """
+    allowed = set(given or ())
+    refused = [name for name in dict.fromkeys(needed or ()) if name not in allowed and name not in sys.modules]
+    if refused:
+        flags = " ".join(f"--plugin {name}" for name in refused)
+        listed = ", ".join(repr(name) for name in refused)
+        raise OKDUserError(
+            f"{source} was trained with plugin {listed}; a saved run never imports code by itself: if you trust "
+            f"the module, name it ({flags}; plugins={refused!r} in Python)"
+        )
+    import_plugins(needed)
 
 
 def add_plugin_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, note: str = "") -> None:

@@ -14,13 +14,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "`okd train`. state_dict: the plain backbone's weights + metadata (torch.load(weights_only=True); "
                        "loads strict into okd.models.create_backbone, or for timm:/tv: archs into the library's own model: "
                        "timm.create_model(NAME, num_classes=C) / torchvision.models.get_model(NAME, num_classes=C)). torchscript / onnx: a traced graph "
-                       "(onnx needs pip install 'okd[export]'). The file is re-run and its logits compared with the "
+                       "(onnx needs pip install 'okd-torch[export]'). The file is re-run and its logits compared with the "
                        "checkpoint's before it is moved to --out; a mismatch exits with code 2 and writes nothing.")
     p.add_argument("--checkpoint", required=True, help="a run folder (its best.pt is used), or best.pt / last.pt")
     p.add_argument("--peer", default="deployed", help="deployed (default) | ensemble | a peer index")
     p.add_argument("--format", default="state_dict", choices=("state_dict", "torchscript", "onnx"))
     p.add_argument("--out", required=True, help="file to write (e.g. model.pt, model.ts, model.onnx)")
-    add_plugin_argument(p, "; the run's own plugins are imported anyway")
+    add_plugin_argument(p, "; needed for a run trained with plugins: a checkpoint never imports them by itself")
     p.set_defaults(run=run)
 
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint, note = resolve_checkpoint(args.checkpoint)
     if note is not None:
         print(f"okd export: {note}", file=sys.stderr)
-    result = export_checkpoint(checkpoint, args.peer, args.format, args.out)
+    result = export_checkpoint(checkpoint, args.peer, args.format, args.out, args.plugins)
     meta = result.meta
     what = "ensemble" if meta["peer"] == "ensemble" else f"peer {meta['peer']}"
     check = ("NOT checked, see the warning" if result.max_abs_diff is None
@@ -44,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
           + (f"; metadata also in {sidecar(result.path)}" if args.format == "state_dict" else ""))
     if result.max_abs_diff is None:
         print(f"okd export: warning: onnxruntime is not installed, so {result.path} could not be run and its logits "
-              "were not compared with the checkpoint's: pip install 'okd[export]'", file=sys.stderr)
+              "were not compared with the checkpoint's: pip install 'okd-torch[export]'", file=sys.stderr)
     return 0

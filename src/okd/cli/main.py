@@ -21,7 +21,8 @@ SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``okd`` parser; for ``okd train`` ``argv``, with the options of the method it names (its --help)."""
     parser = argparse.ArgumentParser(
         prog="okd",
         description="Online knowledge distillation: train a cohort of peers that teach each other.",
@@ -33,25 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
-        module.add_parser(sub)
+        if name == "train" and argv and argv[0] == "train":
+            module.add_parser(sub, module.method_named_in(argv[1:]))
+        else:
+            module.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run one subcommand; a user error is one line and exit 2, Ctrl-C at any moment exit 130, never a traceback."""
+    command = "okd"
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        parser = build_parser(argv)  # imports torch: where a Ctrl-C is likeliest
+        args = parser.parse_args(argv)
+        command = f"okd {args.command}"
         return int(args.run(args) or 0)
     except OKDUserError as exc:
-        print(f"okd {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"okd {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `okd report ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -9,7 +9,7 @@ from functools import partial
 
 import torch
 
-from okd.cli.tables import format_table
+from okd.common.tables import format_table
 from okd.errors import OKDUserError
 from okd.models import (
     SHARE_MODES,

@@ -11,7 +11,7 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="plot the training curves of runs",
                        description="Write test_error.png and train_loss.png for every run folder (metrics.jsonl), "
-                       "finished or not. Needs matplotlib: pip install 'okd[plot]'.")
+                       "finished or not. Needs matplotlib: pip install 'okd-torch[plot]'.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders searched recursively")
     p.add_argument("--out", help="write into OUT/<run name>/ instead of into each run folder")
     p.set_defaults(run=run)

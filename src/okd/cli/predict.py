@@ -17,17 +17,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "the run saved are printed.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a run folder (its best.pt is used) or best.pt / last.pt")
-    source.add_argument("--model", help="a model written by `okd export` (.onnx needs pip install 'okd[export]')")
+    source.add_argument("--model", help="a model written by `okd export` (.onnx needs pip install 'okd-torch[export]')")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--peer", default="deployed", help="with --checkpoint: deployed (default) | ensemble | a peer index")
     p.add_argument("--top-k", type=int, default=1, help="also list the K most probable classes (default 1)")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    add_plugin_argument(p, "; the run's own plugins are imported anyway")
+    add_plugin_argument(p, "; needed for a run trained with plugins: a checkpoint never imports them by itself")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from okd.cli.tables import format_table
+    from okd.common.tables import format_table
     from okd.engine.checkpoint_path import resolve_checkpoint
     from okd.plugins import import_plugins
     from okd.report.predict import classify, from_checkpoint, from_model
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint, note = resolve_checkpoint(args.checkpoint)
         if note is not None:
             print(f"okd predict: {note}", file=sys.stderr)
-        predictor = from_checkpoint(checkpoint, args.peer)
+        predictor = from_checkpoint(checkpoint, args.peer, args.plugins)
     else:
         predictor = from_model(args.model)
     results = classify(predictor, args.images, args.top_k)

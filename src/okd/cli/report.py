@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epoch", choices=("last", "best"), default="last",
                    help="last epoch (default) or best epoch per head (selected on the test set: optimistic)")
     p.add_argument("--paper", action="store_true", help="show the original paper's figures and our difference")
-    p.add_argument("--plot", metavar="FILE.png", help="also draw the tables as a bar chart (needs okd[plot])")
-    add_plugin_argument(p, "; the runs' own plugins are imported where they can be, so --arch and the sizes know them")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the tables as a bar chart (needs okd-torch[plot])")
+    add_plugin_argument(p, "; a run's own plugins are never imported unless named here")
     p.set_defaults(run=run)
 
 
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"okd report: skipped {path}: {why}", file=sys.stderr)
     runs = collection.runs
     import_plugins(args.plugins)
-    _import_saved_plugins(runs)
+    _note_saved_plugins(runs)
     if not runs:
         raise OKDUserError(f"no finished runs in {' '.join(args.runs)} ({len(collection.skipped)} skipped)")
     present = dataset_order({r.dataset for r in runs})
@@ -84,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import_saved_plugins(runs: list) -> None:
-    """A report needs no model, so a run's plugin that is gone is a note, not an error."""
+def _note_saved_plugins(runs: list) -> None:
+    """A run folder never imports code by itself, and a report needs no model: a run's plugin that
+    the user did not name (--plugin) is a note (its sizes and --arch names may be unknown), not an error."""
     for name in dict.fromkeys(p for run in runs for p in (run.config.get("plugins") or [])):
-        try:
-            import_plugins([name])
-        except OKDUserError as exc:
-            print(f"okd report: note: {exc}", file=sys.stderr)
+        if name not in sys.modules:
+            print(f"okd report: note: runs name plugin {name!r}, not imported (a run folder never imports code by itself; "
+                  f"--plugin {name} lets the report know its backbones)", file=sys.stderr)

@@ -1,12 +1,15 @@
-"""``okd train``: every TrainConfig field as a flag, plus the reference's spellings."""
+"""``okd train``: every TrainConfig field as a flag, plus the reference's spellings; the method options'
+flags come from the methods' own declarations (``okd.methods.Option``)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from okd.engine.config import TrainConfig
+from okd.errors import OKDUserError
 from okd.plugins import add_plugin_argument
 
 SUPPRESS = argparse.SUPPRESS
@@ -22,7 +25,79 @@ def _lr_type(value: str) -> str:
     return {"sgdr": "cosine", "cosine": "cosine", "multistep": "multistep", "constant": "constant"}.get(value.lower(), value)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_method_options(parser: argparse.ArgumentParser, method: str | None) -> None:
+    """One flag per method option, from the methods' declarations. Every registered method's options
+    are accepted (a run ignores those its method lacks, as a config file may carry them); ``--help``
+    lists ``method``'s, or all of them, each with the methods that declare it, when none was named."""
+    from okd.methods import all_options, get_method_class, list_methods
+
+    own = {o.name: o for o in get_method_class(method).declared_options()} if method else {}
+    title = f"{method} options (defaults: the method's)" if method else "method options (`okd train --method M --help` shows M's)"
+    group = parser.add_argument_group(title)
+    owners: dict[str, list[str]] = {}
+    for name in list_methods():
+        for option in get_method_class(name).declared_options():
+            owners.setdefault(option.name, []).append(name)
+    taken = {flag for action in parser._actions for flag in action.option_strings}
+    ordered = [*own.values(), *(o for n, o in all_options().items() if n not in own)]
+    for option in ordered:
+        name = option.name
+        if method and name not in own:
+            help = SUPPRESS
+        elif method:
+            help = option.describe()
+        else:
+            help = f"{'/'.join(owners[name])}: {option.help}"
+        flags = [flag for flag in option.flags if flag not in taken]
+        if option.type is bool:
+            group.add_argument(*flags, dest=name, action="store_true", default=SUPPRESS, help=help)
+            group.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_false", default=SUPPRESS,
+                               help=SUPPRESS if help is SUPPRESS else f"turn --{name.replace('_', '-')} off")
+        else:
+            group.add_argument(*flags, dest=name, metavar=option.type.__name__.upper(), help=help)
+
+
+def method_named_in(argv: Sequence[str]) -> str | None:
+    """The method a ``okd train`` command line names (``--method``, ``--arch <method>_...``, or its
+    ``--config`` file), after importing the plugins it names (never a saved run's by itself); None when it names none or a wrong one (the real
+    parse reports that)."""
+    from okd.engine.config import normalise_key, read_yaml_config
+    from okd.methods import resolve_method_name, split_arch
+    from okd.plugins import import_plugins
+
+    pre = argparse.ArgumentParser(add_help=False)
+    for flag in ("--method", "--arch", "--config"):
+        pre.add_argument(flag)
+    add_plugin_argument(pre)
+    known, _ = pre.parse_known_args(argv)
+    try:
+        import_plugins(known.plugins)
+        saved = {normalise_key(k): v for k, v in read_yaml_config(known.config).items()} if known.config else {}
+        method, arch = known.method or saved.get("method"), known.arch or saved.get("arch")
+        from_arch = split_arch(str(arch))[0] if arch else None
+        return resolve_method_name(str(method)) if method else from_arch
+    except (OKDUserError, SystemExit):
+        return None
+
+
+def _heterogeneous_methods() -> list[str]:
+    from okd.methods import get_method_class, list_methods
+
+    return [name for name in list_methods() if get_method_class(name).supports_heterogeneous]
+
+
+def _peer_defaults() -> str:
+    """``"; baseline 1; pcl 3"``: the methods whose recipe sets another cohort size (on one backbone)."""
+    from okd.engine.recipe import DEFAULT_PEERS
+    from okd.methods import get_method_class, list_methods
+
+    sizes = {name: get_method_class(name).recipe("cifar100", ["resnet32"]).get("num_peers") for name in list_methods()}
+    return "".join(f"; {name} {size}" for name, size in sizes.items() if size not in (None, DEFAULT_PEERS))
+
+
+def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> None:
+    from okd.methods import list_methods
+
     p = sub.add_parser(
         "train",
         help="train a method on a backbone",
@@ -31,13 +106,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl | lmcl | okdph | switokd (default: baseline)")
+    what.add_argument("--method", help=f"{' | '.join(list_methods())} (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
                       "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default "
                       "resnet32. One backbone per peer, comma-separated (e.g. resnet32,resnet110), for methods whose peers "
-                      "are independent networks (dml, kdcl, mcl): their peers then share nothing (--share none)")
+                      f"are independent networks ({', '.join(_heterogeneous_methods())}): their peers then share nothing (--share none)")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int,
-                      help="peers in the cohort (default 4; baseline 1; pcl 3; lmcl 2; --arch a,b: the number of backbones)")
+                      help=f"peers in the cohort (default 4{_peer_defaults()}; --arch a,b: the number of backbones)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's; none for --arch a,b)")
     what.add_argument("--early", help="stage where 'early' sharing ends, i.e. the first per-peer stage for DML/MCL-OKD "
                       "(default: the backbone's; `okd models --arch NAME` lists the stages)")
@@ -48,17 +123,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_plugin_argument(what, "; saved with the run, so eval, export and --resume import it again")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic")
+    data.add_argument("--dataset", help="digits (embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic; "
+                      "default: what --data holds, digits without --data")
     data.add_argument("--data", help="CIFAR-10/100 archive/folder (or its parent), or an ImageNet/image-folder root with "
                       "train/<class>/ and val/<class>/")
     data.add_argument("--download", action="store_true", help="fetch CIFAR-10/100 into --data if missing (verifies its MD5)")
     data.add_argument("--workers", "--num-workers", dest="workers", type=int,
-                      help="image decoding processes for imagenet and folder (default 8)")
+                      help="image decoding processes for imagenet and folder (default: the CPUs this process may use, at most 8)")
     data.add_argument("--image-size", type=int, help="--dataset folder: train and evaluate at N x N pixels "
                       "(default: the backbone's input size, 32 for the CIFAR nets)")
     data.add_argument("--val-split", type=float, help="--dataset folder: hold out this fraction of each train/ class "
                       "for validation (seeded; no val/ needed), e.g. 0.1")
-    data.add_argument("--in-memory", choices=("auto", "yes", "no"), help="--dataset folder: decode every image once "
+    data.add_argument("--in-memory", type=str.lower, choices=("auto", "yes", "no"), help="--dataset folder: decode every image once "
                       "into memory and augment as CIFAR (yes), stream from disk (no), or decide by size (auto, default)")
     for name, what in (("train", "training images (512)"), ("test", "test images (256)"), ("classes", "classes (10)"),
                        ("size", "image side in pixels (32)")):
@@ -80,43 +156,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     opt.add_argument("--lr-schedule", "--lr-type", dest="lr_schedule", type=_lr_type, help="cosine (=SGDR, default) | multistep | constant")
     opt.add_argument("--milestones", type=int, nargs="+")
     opt.add_argument("--lr-gamma", type=float, help="multistep decay factor (default 0.1)")
+    opt.add_argument("--warmup-epochs", type=int, help="raise the lr linearly from ~0 over the first N epochs "
+                     "(recipe: 0 on the paper datasets, 5 on --dataset folder)")
 
-    meth = p.add_argument_group("method options (defaults: the method's)")
-    meth.add_argument("--kd-t", "--kd_T", "--kd-T", dest="kd_t", type=float,
-                      help="distillation temperature (MCL: of its soft terms and logit distillation, 3)")
-    meth.add_argument("-a", "--alpha", type=float, help="MCL-OKD: DOT weight (0 = the '+MCL' ablation); KDCL: distillation weight (0.5)")
-    meth.add_argument("-b", "--beta", type=float, help="MCL-OKD: contrastive weight (0.025); OKDPH: distillation weight (0.8)")
-    meth.add_argument("--gamma", type=float, help="MCL-OKD: cross-entropy weight (1); OKDPH: fusion ratio in [0, 1] (0.5)")
-    meth.add_argument("--nce-k", "--nce_k", dest="nce_k", type=int, help="MCL-OKD: negatives per sample")
-    meth.add_argument("--nce-t", "--nce_t", dest="nce_t", type=float, help="MCL-OKD: temperature")
-    meth.add_argument("--nce-m", "--nce_m", dest="nce_m", type=float, help="MCL-OKD: memory momentum")
-    meth.add_argument("--feat-dim", "--feat_dim", dest="feat_dim", type=int, help="MCL-OKD, MCL: embedding size (128)")
-    _bool_pair(meth, "fixed-z", "MCL-OKD: fix the NCE normaliser at the first step (CRD) instead of per batch")
-    meth.add_argument("--rampup-epochs", type=int, help="OKDDip, PCL: length of the consistency ramp-up (80)")
-    meth.add_argument("--mcl-tau", type=float, help="MCL: temperature of the embedding similarities (0.1)")
-    meth.add_argument("--mcl-vcl", type=float, help="MCL: weight of the intra-network contrastive loss (the code's alpha, 0.1)")
-    meth.add_argument("--mcl-icl", type=float, help="MCL: weight of the inter-network contrastive loss (beta, 0.1)")
-    meth.add_argument("--mcl-soft-vcl", type=float, help="MCL: weight of the soft intra-network term (gamma, 1)")
-    meth.add_argument("--mcl-soft-icl", type=float, help="MCL: weight of the soft inter-network term (lam, 1)")
-    _bool_pair(meth, "mcl-logit-distill", "MCL: also distil from the detached mean logits (2 peers: both; more: the last only)")
-    _bool_pair(meth, "mcl-icl-same-instance", "MCL: the inter-network loss counts the same image as a positive (the ImageNet "
-               "code's choice; default off, as the CIFAR code)")
-    meth.add_argument("--pcl-rampup", help="PCL: intended (default) | reimpl (the public re-implementation's ramp-up bug, "
-                      "KD off for epochs 2-80; only to reproduce its numbers)")
-    meth.add_argument("--ema-decay", type=float, help="PCL: decay bound of the EMA peers, in [0, 1) (0.999)")
-    meth.add_argument("--omega", type=float, help="OKDPH: students' CE weight, the hybrid's CE gets 1 - omega (0.8; CIFAR-100: per backbone)")
-    meth.add_argument("--fusion-interval", help="OKDPH: fuse the students towards the hybrid every N batches or epochs: "
-                      "5_batch | 1_epoch (default) | off")
-    meth.add_argument("--hybrid-grad", choices=("code", "paper"), help="OKDPH: code (default: the hybrid's CE trains nothing, as "
-                      "the official code) | paper (it trains the students through the hybrid's parameters)")
-    meth.add_argument("--switch-threshold", help="SwitOKD: adaptive (default, the paper's delta) or a fixed gap threshold in [0, 2]")
-    meth.add_argument("--student-lr-scale", type=float, help="SwitOKD: the student's learning rate as a multiple of --lr "
-                      "(1; CIFAR-100: 0.1, as its code)")
-    meth.add_argument("--lmcl-meta-freq", "--meta-freq", dest="lmcl_meta_freq", type=int,
-                      help="L-MCL: a meta step of the loss-weight network every N steps of an epoch (50; 0 = never)")
-    meth.add_argument("--lmcl-meta-steps", "--times", dest="lmcl_meta_steps", type=int,
-                      help="L-MCL: virtual SGD steps on the contrastive loss per meta step (2)")
-    meth.add_argument("--kdcl-rule", help="KDCL: soft target from the peers, minlogit (default) | naive | linear | mean")
+    add_method_options(p, method)
 
     run = p.add_argument_group("execution")
     run.add_argument("--seed", "--manual_seed", "--manual-seed", dest="seed", type=int)
@@ -125,12 +168,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     _bool_pair(run, "channels-last", "channels_last memory format (default: on; faster on CPU and CUDA)")
     run.add_argument("--compile", action="store_true", help="torch.compile the cohort")
-    run.add_argument("--sgd-impl", choices=("auto", "fused", "foreach", "loop"),
+    run.add_argument("--sgd-impl", type=str.lower, choices=("auto", "fused", "foreach", "loop"),
                      help="SGD kernel: auto (default: fused on CUDA, foreach on CPU) | fused | foreach | loop (per parameter)")
     run.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on CUDA)")
     run.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across distributed ranks")
     run.add_argument("--limit-batches", type=int, help="train and eval at most N batches per epoch (smoke runs)")
-    run.add_argument("--nan-policy", choices=("stop", "skip-step"), help="on a non-finite loss: stop (default) or skip the step")
+    run.add_argument("--nan-policy", type=str.lower, choices=("stop", "skip-step"), help="on a non-finite loss: stop (default) or skip the step")
     run.add_argument("--log-interval", type=int, help="steps between progress updates (default 50)")
     run.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in the run folder")
 
@@ -182,7 +225,10 @@ def run_train(args: argparse.Namespace) -> int:
             summary = trainer.fit()
         except TrainingInterrupted as stop:
             if trainer.is_main:
-                print(f"okd train: {stop}; saved {out / 'last.pt'}.\nResume with: okd train --out {out} --resume")
+                try:  # after SIGHUP the terminal may be gone: the run is saved, the message is optional
+                    print(f"okd train: {stop}; saved {out / 'last.pt'}.\nResume with: okd train --out {out} --resume")
+                except OSError:
+                    pass
             return 128 + stop.signum
     if trainer.is_main and summary["last"]:
         from okd.models import arch_label

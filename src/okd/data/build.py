@@ -7,12 +7,21 @@ from collections.abc import Sequence
 import torch
 
 from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
-from okd.data.config import DataConfig, DataSpec
+from okd.data.config import DataConfig, DataSpec, eval_batch_per_rank
+from okd.data.fingerprint import tensor_fingerprint
+from okd.data.memory import check_fits, synthetic_bytes
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
 from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
 
 DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic")
+# Classes of each fixed dataset (a folder's come from its sub-folders, synthetic's from its option).
+NUM_CLASSES: dict[str, int] = {"cifar100": 100, "cifar10": 10, "imagenet": 1000, "digits": 10}
+
+
+def known_num_classes(dataset: str, synthetic_classes: int) -> int | None:
+    """The class count of ``dataset`` without reading it, or None where only the data can tell (folder)."""
+    return synthetic_classes if dataset == "synthetic" else NUM_CLASSES.get(dataset)
 DEFAULT_DATA_DIR = "./data"  # the reference scripts' --data default
 
 
@@ -23,6 +32,10 @@ def build_data(cfg: DataConfig) -> tuple[DataSpec, TrainLoader, EvalLoader]:
     if name == "synthetic":
         from okd.data.synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD, make_synthetic
 
+        images = f"--dataset synthetic ({cfg.synthetic_train} + {cfg.synthetic_test} images of {cfg.synthetic_size}px)"
+        need = synthetic_bytes(cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_size)
+        check_fits(images, need, torch.device("cpu"), "use fewer --synthetic-train/--synthetic-test or a smaller --synthetic-size")
+        check_fits(images, need, device, "use fewer --synthetic-train/--synthetic-test or a smaller --synthetic-size")
         arrays = make_synthetic(cfg.synthetic_train, cfg.synthetic_test, cfg.synthetic_classes, cfg.synthetic_size, cfg.seed)
         crop = 4 if cfg.synthetic_size == 32 else 0
         return in_memory(name, arrays, cfg.synthetic_classes, SYNTHETIC_MEAN, SYNTHETIC_STD, crop, True, cfg, device)
@@ -94,11 +107,6 @@ def first_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int, 
     return images[keep], labels[keep]
 
 
-def eval_batch_per_rank(cfg: DataConfig) -> int:
-    """Evaluation batches need not split evenly (the order does not matter): round up."""
-    return -(-cfg.eval_batch_size // cfg.world_size)
-
-
 def in_memory(
     name: str,
     arrays: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
@@ -113,12 +121,13 @@ def in_memory(
 ) -> tuple[DataSpec, TrainLoader, EvalLoader]:
     """Put uint8 train/test tensors on the device and wrap them in the batched loaders."""
     train_x, train_y, test_x, test_y = arrays
+    fingerprint = tensor_fingerprint(arrays, num_classes)
     if cfg.train_per_class is not None:
         train_x, train_y = first_per_class(train_x, train_y, cfg.train_per_class, num_classes)
     names = tuple(class_names) if class_names is not None else None
     spec = DataSpec(
         name, num_classes, train_x.shape[0], test_x.shape[0], int(train_x.shape[-1]), train_y.to(torch.int64).cpu(),
-        names, {"class_names": list(names) if names is not None else None},
+        names, {"class_names": list(names) if names is not None else None}, fingerprint,
     )
     normalizer = Normalizer(mean, std, device)
     plan = make_plan(cfg.sampler, spec.train_targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)

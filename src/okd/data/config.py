@@ -59,6 +59,8 @@ class DataSpec:
     train_targets: torch.Tensor  # [num_train] int64 on CPU, in training-set order
     class_names: tuple[str, ...] | None = None  # by label index; None where the data has no names (synthetic)
     manifest: dict[str, Any] | None = None  # plain data a run saves with its checkpoints, for --resume and eval
+    fingerprint: dict[str, Any] | None = None  # okd.data.fingerprint: saved with the run, --resume checks it
+    notes: tuple[str, ...] = ()  # what the user should know about how the data was read (skipped links)
 
 
 def check_folder_options(dataset: str, image_size: int | None, val_split: float | None, in_memory: str) -> None:
@@ -74,3 +76,8 @@ def check_folder_options(dataset: str, image_size: int | None, val_split: float 
         raise OKDUserError(f"--image-size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size}")
     if val_split is not None and not 0 < val_split < 1:
         raise OKDUserError(f"--val-split must be a fraction strictly between 0 and 1 (e.g. 0.1), got {val_split}")
+
+
+def eval_batch_per_rank(cfg: DataConfig) -> int:
+    """Evaluation batches need not split evenly (the order does not matter): round up."""
+    return -(-cfg.eval_batch_size // cfg.world_size)

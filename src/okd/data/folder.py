@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
-from okd.data.config import DataConfig, DataSpec, check_folder_options
+from okd.data.config import DataConfig, DataSpec, check_folder_options, eval_batch_per_rank
+from okd.data.fingerprint import files_fingerprint
+from okd.data.links import LinkGuard
+from okd.data.memory import check_fits
 from okd.data.imagenet import EvalFolder, FolderEvalLoader, FolderTrainLoader, TrainFolder, _batches
 from okd.data.loaders import TensorEvalLoader, TensorTrainLoader
 from okd.data.sampling import cpu_generator, even_split, make_plan
@@ -67,20 +70,19 @@ class FolderIndex:
     train_counts: list[int]  # per class: the training labels are these counts of 0, 1, ...
     val_files: list[str] | None  # with --val-split: train/-relative paths of the held-out images
     fingerprints: dict[str, list[Any]]  # "train/<class>": [file count, digest of the sorted names]
+    notes: list[str] = field(default_factory=list)  # links skipped while listing (okd.data.links)
 
 
-def list_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, links followed) as sorted '/'-relative paths.
+def list_images(folder: Path, guard: LinkGuard | None = None) -> list[str]:
+    """Image files under ``folder`` (recursively) as sorted '/'-relative paths.
 
     Files are recognised by extension, case-insensitively; anything else (notes, .DS_Store) and
-    hidden folders are skipped.
+    hidden folders are skipped. Links are followed as ``okd.data.links`` says: an image never
+    counts twice or under another class (``guard``: the split's shared state and notes).
     """
-    found = []
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        base = Path(parent).relative_to(folder)
-        found += [(base / name).as_posix() for name in files if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
+    guard = guard or LinkGuard(folder.parent)
+    found = guard.list_class(folder, lambda name: Path(name).suffix.lower() in IMAGE_EXTENSIONS, skip_hidden=True)
+    return sorted(f"{rel}/{name}" if rel else name for rel, name in found)
 
 
 def class_folders(split_dir: Path) -> list[str]:
@@ -117,13 +119,15 @@ def scan(root: Path, cfg: DataConfig, saved: dict[str, Any] | None) -> FolderInd
     if not classes:
         raise OKDUserError(f"{train_dir} has no class folders; {layout}")
     files = {}
+    guard = LinkGuard(train_dir)
     for name in classes:
-        files[name] = list_images(train_dir / name)
+        files[name] = list_images(train_dir / name, guard)
         if not files[name]:
             raise OKDUserError(f"class folder {train_dir / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add some or remove it")
     fingerprints = {f"train/{name}": fingerprint(files[name]) for name in classes}
     train, val, counts = [], [], []
     val_files: list[str] | None = None
+    val_notes: list[str] = []
     if cfg.val_split is not None:
         val_files = []
         for label, name in enumerate(classes):
@@ -136,35 +140,37 @@ def scan(root: Path, cfg: DataConfig, saved: dict[str, Any] | None) -> FolderInd
         for label, name in enumerate(classes):
             train += [(str(train_dir / name / rel), label) for rel in files[name]]
             counts.append(len(files[name]))
-        val, val_fingerprints = _scan_val(root, val_dir, classes)
+        val, val_fingerprints, val_notes = _scan_val(root, val_dir, classes)
         fingerprints.update(val_fingerprints)
     if not val:
         raise OKDUserError(f"--val-split left no validation images in {train_dir} (every class holds a single image); add images")
-    return FolderIndex(classes, train, val, counts, val_files, fingerprints)
+    notes = guard.notes(str(train_dir)) + val_notes
+    return FolderIndex(classes, train, val, counts, val_files, fingerprints, notes)
 
 
-def _scan_val(root: Path, val_dir: Path, classes: list[str]) -> tuple[list[tuple[str, int]], dict[str, list[Any]]]:
+def _scan_val(root: Path, val_dir: Path, classes: list[str]) -> tuple[list[tuple[str, int]], dict[str, list[Any]], list[str]]:
     """val/'s images labelled by name against ``classes``; a class val/ may lack, never one it adds."""
     if not val_dir.is_dir():
         raise OKDUserError(f"no validation folder {val_dir}: add it, or pass --val-split 0.1 to hold out part of train/; {LAYOUT.format(root=root)}")
     index = {name: i for i, name in enumerate(classes)}
     val, fingerprints = [], {}
+    guard = LinkGuard(val_dir)
     for name in class_folders(val_dir):
         if name not in index:
             raise OKDUserError(f"validation class folder {val_dir / name} has no counterpart among the training classes; rename or remove it")
-        names = list_images(val_dir / name)
+        names = list_images(val_dir / name, guard)
         fingerprints[f"val/{name}"] = fingerprint(names)
         val += [(str(val_dir / name / rel), index[name]) for rel in names]
     if not val:
         raise OKDUserError(f"{val_dir} holds no images; {LAYOUT.format(root=root)}")
     val.sort(key=lambda item: item[1])  # class-major, by the training class order
-    return val, fingerprints
+    return val, fingerprints, guard.notes(str(val_dir))
 
 
 def _scan_for_eval(root: Path, train_dir: Path, val_dir: Path, saved: dict[str, Any], cfg: DataConfig) -> FolderIndex:
     classes, counts = saved["class_names"], saved["train_counts"]
     if saved.get("val_files") is None:
-        val, _ = _scan_val(root, val_dir, classes)
+        val, _, _ = _scan_val(root, val_dir, classes)
     else:
         index = {name: i for i, name in enumerate(classes)}
         val = []
@@ -223,7 +229,7 @@ def _available_host_memory() -> int:
 
 def decode_all(samples: list[tuple[str, int]], size: int, device: torch.device, workers: int, what: str, show: bool) -> torch.Tensor:
     """uint8 [N, 3, size, size] on ``device``: every image resized and centre-cropped, in a worker pool."""
-    from okd.engine.progress import progress
+    from okd.common.progress import progress
 
     store = torch.empty((len(samples), 3, size, size), dtype=torch.uint8, device=device)
     dataset = EvalFolder(SampleList(samples), 0, len(samples), size=size, resize=size)
@@ -239,7 +245,6 @@ def decode_all(samples: list[tuple[str, int]], size: int, device: torch.device, 
 
 def build_folder(cfg: DataConfig, data_dir: str | Path, device: torch.device) -> tuple[DataSpec, Any, Any]:
     """Spec and loaders for an image folder; the spec's manifest is what the run must save."""
-    from okd.data.build import eval_batch_per_rank
 
     check_folder_options("folder", cfg.image_size, cfg.val_split, cfg.in_memory)
     root = Path(data_dir).expanduser()
@@ -255,11 +260,15 @@ def build_folder(cfg: DataConfig, data_dir: str | Path, device: torch.device) ->
         in_memory = bool(saved.get("in_memory"))  # resume as the run began, whatever memory is free now
     else:
         in_memory = cfg.in_memory == "yes" or (cfg.in_memory == "auto" and num_images * 3 * size * size <= memory_budget(device))
+    if in_memory and not cfg.eval_only:  # --in-memory yes (or a resumed run that began so): the store must fit
+        check_fits(f"decoding {num_images} images of {size}px into memory", num_images * 3 * size * size, device,
+                   "use --in-memory no (stream them from disk) or a smaller --image-size")
     targets = torch.repeat_interleave(torch.arange(len(index.class_names)), torch.tensor(index.train_counts))
     spec = DataSpec(
         "folder", len(index.class_names), len(targets), len(index.val), size, targets, tuple(index.class_names),
         {"kind": "folder", "class_names": index.class_names, "train_counts": index.train_counts, "in_memory": in_memory,
          "val_files": index.val_files, "fingerprints": index.fingerprints},
+        files_fingerprint(root, {"train": index.train, "val": index.val}, len(index.class_names)), tuple(index.notes),
     )
     plan = make_plan(cfg.sampler, targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)
     normalizer = Normalizer(IMAGENET_MEAN, IMAGENET_STD, device)
@@ -278,7 +287,16 @@ def build_folder(cfg: DataConfig, data_dir: str | Path, device: torch.device) ->
 
 
 def _streamed_eval(val: list[tuple[str, int]], size: int, cfg: DataConfig, device: torch.device) -> FolderEvalLoader:
-    from okd.data.build import eval_batch_per_rank
 
     start, stop = even_split(len(val), cfg.world_size, cfg.rank)
     return FolderEvalLoader(EvalFolder(SampleList(val), start, stop, size=size, resize=size), eval_batch_per_rank(cfg), cfg, device)
+
+
+def count_train_images(root: str | Path, val_split: float | None = None) -> int | None:
+    """How many images ``root/train/`` will train on (less the --val-split share), for a recipe that fits
+    the batch size to the data; None when there is no train/ (building the data then says what is wrong)."""
+    train_dir = Path(root).expanduser() / "train"
+    if not train_dir.is_dir():
+        return None
+    total = sum(len(list_images(train_dir / name)) for name in class_folders(train_dir))
+    return round(total * (1 - (val_split or 0.0)))

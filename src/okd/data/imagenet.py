@@ -11,6 +11,7 @@ per-sample draws do not depend on the world size either, though they differ from
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from torchvision.transforms import functional as TF
 from okd.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from okd.data.batch import Batch
 from okd.data.config import DataConfig, DataSpec
+from okd.data.fingerprint import files_fingerprint
+from okd.data.links import LinkGuard
 from okd.data.loaders import check_views
 from okd.data.sampling import SamplePlan, cpu_generator, even_split, make_plan
 from okd.errors import OKDUserError
@@ -235,6 +238,25 @@ class FixedClassFolder(ImageFolder):
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self.fixed_classes, {name: i for i, name in enumerate(self.fixed_classes)}
 
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], extensions: tuple[str, ...] | None = None,
+                     is_valid_file: Any = None, allow_empty: bool = False) -> list[tuple[str, int]]:
+        """torchvision's listing and order, with links followed as okd.data.links says (never an image
+        twice, never under another class); what was skipped is in ``self.notes``."""
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        guard = LinkGuard(Path(directory))
+        keep = is_valid_file or (lambda name: name.lower().endswith(extensions or IMG_EXTENSIONS))
+        samples, empty = [], []
+        for name in sorted(class_to_idx):
+            found = sorted(guard.list_class(Path(directory) / name, keep, skip_hidden=False))
+            empty += [] if found else [name]
+            samples += [(os.path.join(directory, name, rel, file), class_to_idx[name]) for rel, file in found]
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}. Supported extensions are: "
+                                    f"{', '.join(extensions or IMG_EXTENSIONS)}")
+        self.notes = guard.notes(directory)
+        return samples
+
 
 def open_folders(root: Path) -> tuple[FixedClassFolder, FixedClassFolder]:
     """ImageFolders for train/ and val/, with val labelled by train's class list (checked equal)."""
@@ -272,7 +294,9 @@ def build_imagenet(cfg: DataConfig, data_dir: str | Path, device: torch.device) 
     train, val = open_folders(root)
     targets = torch.tensor(train.targets, dtype=torch.int64)
     classes = tuple(train.classes)
-    spec = DataSpec("imagenet", len(classes), len(train.samples), len(val.samples), INPUT_SIZE, targets, classes, {"class_names": list(classes)})
+    fingerprint = files_fingerprint(root, {"train": train.samples, "val": val.samples}, len(classes))
+    spec = DataSpec("imagenet", len(classes), len(train.samples), len(val.samples), INPUT_SIZE, targets, classes,
+                    {"class_names": list(classes)}, fingerprint, tuple(train.notes + val.notes))
     plan = make_plan(cfg.sampler, targets, cfg.batch_size, cfg.world_size, cfg.rank, cfg.seed, cfg.m_per_class)
     start, stop = even_split(spec.num_test, cfg.world_size, cfg.rank)
     eval_batch = -(-cfg.eval_batch_size // cfg.world_size)

@@ -1,7 +1,7 @@
 """The two loader shapes the engine sees, and their in-memory implementations.
 
 In-memory datasets (CIFAR-100, digits, synthetic) live as one uint8 tensor on the training
-device; each step gathers, augments and normalises its batch there (design.md §5), with no
+device; each step gathers, augments and normalises its batch there (docs/design.md §5), with no
 worker processes and no per-image Python work.
 """
 

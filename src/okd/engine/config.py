@@ -8,15 +8,19 @@ config is saved as ``config.yaml`` in the run folder and inside every checkpoint
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from okd.common.values import coerce
 from okd.errors import OKDUserError
+from okd.methods import all_options
 
 
 @dataclass
@@ -31,10 +35,10 @@ class TrainConfig:
     pretrained: bool = False  # timm:/tv: backbones: start every peer from locally cached weights
     plugins: list[str] | None = None  # modules imported first: they register the user's backbones/methods
     # data
-    dataset: str = "digits"
+    dataset: str | None = None  # default: what --data holds (okd.data.infer), the embedded digits without --data
     data: str | None = None
     download: bool = False
-    workers: int = 8
+    workers: int = field(default_factory=lambda: default_workers())  # the CPUs this process may use, at most 8
     synthetic_train: int = 512
     synthetic_test: int = 256
     synthetic_classes: int = 10
@@ -56,34 +60,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # cosine (the reference's SGDR with T0 = epochs) | multistep | constant
     milestones: list[int] | None = None
     lr_gamma: float = 0.1
-    # method options (None = the method's own default)
-    kd_t: float | None = None
-    alpha: float | None = None
-    beta: float | None = None
-    gamma: float | None = None
-    nce_k: int | None = None
-    nce_t: float | None = None
-    nce_m: float | None = None
-    feat_dim: int | None = None
-    fixed_z: bool | None = None
-    rampup_epochs: int | None = None
-    mcl_tau: float | None = None
-    mcl_vcl: float | None = None
-    mcl_icl: float | None = None
-    mcl_soft_vcl: float | None = None
-    mcl_soft_icl: float | None = None
-    mcl_logit_distill: bool | None = None
-    mcl_icl_same_instance: bool | None = None
-    kdcl_rule: str | None = None  # KDCL's soft target: minlogit | naive | linear | mean
-    pcl_rampup: str | None = None  # PCL: intended | reimpl (the re-implementation's ramp-up bug)
-    ema_decay: float | None = None  # PCL: EMA decay bound of the peer mean teachers, in [0, 1)
-    omega: float | None = None  # OKDPH: students' CE weight (the hybrid's CE gets 1 - omega)
-    fusion_interval: str | None = None  # OKDPH: 5_batch | 1_epoch | off
-    hybrid_grad: str | None = None  # OKDPH: code | paper (whether the hybrid's CE trains the students)
-    switch_threshold: str | None = None  # SwitOKD: adaptive | a fixed gap threshold in [0, 2]
-    student_lr_scale: float | None = None  # SwitOKD: the student's lr as a multiple of lr (CIFAR-100 code: 0.1)
-    lmcl_meta_freq: int | None = None  # L-MCL: a meta step every N steps of an epoch (50; 0 = never)
-    lmcl_meta_steps: int | None = None  # L-MCL: virtual SGD steps on the contrastive loss per meta step (2)
+    warmup_epochs: int | None = None  # linear lr warm-up per step; recipe: 0 on the paper datasets, 5 on a folder
     # execution
     seed: int = 0
     device: str = "auto"
@@ -97,109 +74,155 @@ class TrainConfig:
     nan_policy: str = "stop"  # stop | skip-step
     log_interval: int = 50
     tensorboard: bool = False
+    # the method's own options (its declarations in okd/methods/<method>.py), checked by the recipe; unset: its default
+    method_options: dict[str, Any] = field(default_factory=dict)
 
+    def __getattr__(self, name: str) -> Any:
+        """``cfg.kd_t``: a method option's value, None when not set (or not an option of this method)."""
+        if name != "method_options" and name in all_options():
+            return self.__dict__.get("method_options", {}).get(name)
+        raise AttributeError(f"TrainConfig has no field {name!r}")
+
+
+_FIELD_NAMES = {f.name for f in fields(TrainConfig)} - {"method_options"}
+_dataclass_init = TrainConfig.__init__
+
+
+def _init(self: TrainConfig, method_options: dict[str, Any] | None = None, **values: Any) -> None:
+    """``TrainConfig(method="kdcl", alpha=0.3)``: keywords that are not engine fields are method options."""
+    extra = {name: values.pop(name) for name in list(values) if name not in _FIELD_NAMES}
+    _dataclass_init(self, method_options={**(method_options or {}), **extra}, **values)
+
+
+TrainConfig.__init__ = _init  # type: ignore[method-assign]
 
 # Fields that may change between a run and its --resume without changing what is computed.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tensorboard", "log_interval", "download", "data"}
 
-METHOD_OPTIONS = (
-    "kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs",
-    "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl", "mcl_logit_distill", "mcl_icl_same_instance",
-    "kdcl_rule", "pcl_rampup", "ema_decay", "omega", "fusion_interval", "hybrid_grad", "switch_threshold",
-    "student_lr_scale",
-    "lmcl_meta_freq", "lmcl_meta_steps",
-)
+MAX_CONFIG_BYTES = 1 << 20
 
-_FIELD_NAMES = {f.name for f in fields(TrainConfig)}
+
+def default_workers() -> int:
+    """Decoding processes by default: the CPUs this process may run on, capped at 8."""
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return max(1, min(8, os.cpu_count() or 1))
+
+
 _KEY_ALIASES = {
     "init_lr": "lr",
     "weight_decay": "wd",
     "num_branches": "num_peers",
     "manual_seed": "seed",
-    "kd_T": "kd_t",
     "num_workers": "workers",
 }
 
 
 def normalise_key(key: str) -> str:
+    """An option's name from any of its spellings: hyphens, the reference's names, a method's aliases."""
+    if key in _KEY_ALIASES:
+        return _KEY_ALIASES[key]
+    for option in all_options().values():
+        if f"--{key}" in option.flags:
+            return option.name
     key = key.replace("-", "_")
     return _KEY_ALIASES.get(key, key)
 
 
-def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    """Read a ``--config`` YAML file: a flat mapping of TrainConfig fields (hyphens allowed)."""
+def known_names() -> list[str]:
+    """What a config file or ``okd.train()`` may name: the engine's fields and every method's options."""
+    return [f.name for f in fields(TrainConfig) if f.name != "method_options"] + [n for n in all_options() if n not in _FIELD_NAMES]
+
+
+def read_yaml_config(path: str | Path) -> dict[str, Any]:
+    """A ``--config`` YAML file as ``{key: value}`` (not checked yet: the file's plugins may declare
+    some of its options). A nested ``method_options:`` mapping is flattened."""
     path = Path(path)
+    text = _small_text(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise OKDUserError(f"config file {path} does not exist") from None
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise OKDUserError(f"config file {path} uses YAML aliases (*name); write each value out")
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise OKDUserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise OKDUserError(f"config file {path} must hold a mapping of option: value, got {type(raw).__name__}")
-    values = {}
-    for key, value in raw.items():
+    nested = raw.pop("method_options", None)
+    if isinstance(nested, dict):
+        raw.update(nested)
+    return {str(key): value for key, value in raw.items()}
+
+
+def _small_text(path: Path) -> str:
+    """The file's text, if it is a regular file of at most 1 MB of UTF-8 (never reads a device or a huge file)."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise OKDUserError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise OKDUserError(f"config file {path} cannot be read: {exc.strerror}") from None
+    if not path.is_file():
+        raise OKDUserError(f"config file {path} is not a regular file; give a YAML file of options")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise OKDUserError(f"config file {path} is {info.st_size} bytes; a config file holds at most {MAX_CONFIG_BYTES} (1 MB)")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES or b"\0" in data:
+            raise UnicodeDecodeError("utf-8", data[:1], 0, 1, "binary")
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OKDUserError(f"config file {path} is not UTF-8 text; give a YAML file of options") from None
+    except OSError as exc:
+        raise OKDUserError(f"config file {path} cannot be read: {exc.strerror}") from None
+
+
+def check_names(values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``values`` by their options' names; every key must be (a spelling of) an engine field or some
+    method's option, a typo is one line with the closest names."""
+    known = known_names()
+    checked = {}
+    for key, value in values.items():
         name = normalise_key(str(key))
-        if name not in _FIELD_NAMES:
-            raise OKDUserError(f"unknown option {key!r} in config file {path}; known options: {', '.join(sorted(_FIELD_NAMES))}")
-        values[name] = value
-    return values
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(close)}?" if close else f"known options: {', '.join(known)}"
+            raise OKDUserError(f"unknown option {key!r}{where}; {hint}")
+        checked[name] = value
+    return checked
 
 
 def config_from_mapping(values: dict[str, Any]) -> TrainConfig:
-    """Build a TrainConfig from plain data (YAML, checkpoint), coercing and checking types."""
+    """Build a TrainConfig from plain data (YAML, checkpoint), coercing and checking the engine's types.
+
+    Method options go to ``method_options`` as given (the recipe checks them against the method's
+    declarations); ``None`` is "unset", so the flat ``kd_t: null, alpha: null, ...`` of every method in
+    the config.yaml of runs before method-owned options maps onto the same config as before.
+    """
     cfg = TrainConfig()
     for f in fields(TrainConfig):
-        if f.name in values:
-            setattr(cfg, f.name, _coerce(f.name, f.type, values[f.name]))
+        if f.name in values and f.name != "method_options":
+            setattr(cfg, f.name, coerce(f.name, str(f.type), values[f.name]))
+    nested = values.get("method_options") or {}
+    flat = {k: v for k, v in values.items() if k not in _FIELD_NAMES and k != "method_options"}
+    cfg.method_options = {k: v for k, v in {**flat, **nested}.items() if v is not None}
     return cfg
 
 
-def _coerce(name: str, annotation: Any, value: Any) -> Any:
-    kind = str(annotation)
-    if value is None:
-        if "None" in kind:
-            return None
-        raise OKDUserError(f"option {name} must not be empty")
-    try:
-        if kind.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "yes", "1", "on"):
-                return True
-            if str(value).lower() in ("false", "no", "0", "off"):
-                return False
-            raise ValueError
-        if kind.startswith("int"):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind.startswith("list"):
-            if isinstance(value, str):
-                value = value.replace(",", " ").split()
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            item = re.match(r"list\[(\w+)\]", kind)
-            return [_coerce(name, item.group(1) if item else "str", v) for v in value]
-        return str(value)
-    except (TypeError, ValueError):
-        raise OKDUserError(f"option {name} has an invalid value {value!r} (expected {kind})") from None
-
-
 def to_plain(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
+    """The config as saved (config.yaml, checkpoints): engine fields, then the method's options, one flat mapping."""
+    plain = asdict(cfg)
+    plain.update(plain.pop("method_options"))
+    return plain
 
 
 def diff_configs(old: TrainConfig, new: TrainConfig, ignore: set[str] = RESUMABLE_CHANGES) -> list[str]:
     """Names of the fields whose values differ, except those a resume may change."""
-    a, b = asdict(old), asdict(new)
-    return [k for k in a if k not in ignore and a[k] != b[k]]
+    a, b = to_plain(old), to_plain(new)
+    return [k for k in dict.fromkeys([*a, *b]) if k not in ignore and a.get(k) != b.get(k)]
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:

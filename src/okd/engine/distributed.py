@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from okd.common.collectives import all_gather_rows, is_distributed  # noqa: F401  (part of this module's API)
 from okd.errors import OKDUserError
 
 
@@ -37,35 +38,10 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def current() -> DistInfo:
     if not (dist.is_available() and dist.is_initialized()):
         return DistInfo()
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``tensor`` along dim 0, in rank order; sizes may differ across ranks.
-
-    Used for MCL-OKD's memory-bank update: every rank writes every rank's embeddings, so the banks
-    stay identical everywhere.
-    """
-    if not is_distributed():
-        return tensor
-    world = dist.get_world_size()
-    size = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
-    longest = max(counts)
-    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[:c] for g, c in zip(gathered, counts)])
 
 
 def barrier() -> None:

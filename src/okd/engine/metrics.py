@@ -56,7 +56,7 @@ def extra_heads(per_head: dict[str, dict[str, float]], num_peers: int) -> list[s
 
 
 def summarise_errors(per_head: dict[str, dict[str, float]], num_peers: int, deployed: str) -> dict[str, dict[str, float]]:
-    """Add the peer mean and the deployed head to the per-head errors (design.md §3).
+    """Add the peer mean and the deployed head to the per-head errors (docs/design.md §3).
 
     ``peer_mean`` is over the student peers peer0..N-1 only; ``deployed`` copies the head the
     method ships (``OKDMethod.deployed_head``: a peer, or one of its extra heads).

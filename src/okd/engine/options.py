@@ -2,38 +2,20 @@
 
 Precedence: defaults < ``--config`` YAML < the options given < the recipe (filled only where
 nothing was given). The plugins are imported before the recipe resolves ``arch`` and ``method``,
-which may be the plugins' own; on ``--resume`` the run's saved plugins are imported (and kept,
-when none are given) so the resumed config still matches the checkpoint's.
+which may be the plugins' own; on ``--resume`` the run's saved plugins must be among those given
+(a run folder never imports code by itself).
 """
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from okd.engine.config import TrainConfig, config_from_mapping, load_yaml_config, normalise_key
-from okd.errors import OKDUserError
-from okd.plugins import import_plugins
-
-OPTION_NAMES = tuple(f.name for f in fields(TrainConfig))
-
-
-def check_option_names(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Option names (aliases such as ``init_lr`` allowed) -> TrainConfig field names; a typo is a user error."""
-    checked = {}
-    for key, value in options.items():
-        name = normalise_key(key)
-        if name not in OPTION_NAMES:
-            close = difflib.get_close_matches(name, OPTION_NAMES, n=3, cutoff=0.6)
-            hint = f"did you mean {' or '.join(close)}?" if close else f"known options: {', '.join(OPTION_NAMES)}"
-            raise OKDUserError(f"unknown option {key!r}; {hint}")
-        checked[name] = value
-    return checked
+from okd.engine.config import TrainConfig, check_names, config_from_mapping, normalise_key, read_yaml_config
+from okd.plugins import allow_saved_plugins, import_plugins
 
 
 def saved_plugins(run_folder: str | Path) -> list[str] | None:
@@ -48,10 +30,16 @@ def saved_plugins(run_folder: str | Path) -> list[str] | None:
 
 
 def given_config(options: Mapping[str, Any], config_file: str | Path | None = None) -> TrainConfig:
-    """Defaults < the YAML file < ``options``, coerced and type-checked; the recipe is not filled yet."""
-    values: dict[str, Any] = load_yaml_config(config_file) if config_file else {}
-    values.update(check_option_names(options))
-    return config_from_mapping(values)
+    """Defaults < the YAML file < ``options``, coerced and type-checked; the recipe is not filled yet.
+
+    The plugins named there are imported first: their methods' options are names the file may use.
+    """
+    raw_file: dict[str, Any] = read_yaml_config(config_file) if config_file else {}
+    given = {normalise_key(key): value for key, value in options.items()}
+    import_plugins(config_from_mapping({"plugins": given.get("plugins", raw_file.get("plugins"))}).plugins)
+    from_file = check_names(raw_file, f" in config file {config_file}")
+    given = check_names(dict(options))
+    return config_from_mapping({**from_file, **given})
 
 
 def train_config(options: Mapping[str, Any], *, config_file: str | Path | None = None,
@@ -59,10 +47,10 @@ def train_config(options: Mapping[str, Any], *, config_file: str | Path | None =
     """The validated config of a run from its options (TrainConfig field names) and an optional YAML file."""
     from okd.engine.recipe import resolve_config
 
-    cfg = given_config(options, config_file)
+    cfg = given_config(options, config_file)  # imports the plugins named in options or the file, nothing else
     if resume_from is not None:
         previous = saved_plugins(resume_from)
-        import_plugins(previous)
+        allow_saved_plugins(previous, cfg.plugins, f"run folder {resume_from}")
         if cfg.plugins is None:
             cfg.plugins = previous
     import_plugins(cfg.plugins)

@@ -1,7 +1,9 @@
-"""The run folder (design.md §4): config.yaml, metrics.jsonl, last.pt, best.pt, summary.json, train.log, data.json."""
+"""The run folder (docs/design.md §4): config.yaml, metrics.jsonl, last.pt, previous.pt (the last.pt before it),
+best.pt, summary.json, train.log, data.json."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -9,14 +11,16 @@ from typing import Any
 
 import yaml
 
-from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
+from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, retry_advice, temp_prefix
 from okd.engine.runlock import RunLock
 from okd.errors import OKDUserError
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "summary.json", "train.log", "data.json")
-# A folder holds a run worth keeping once one of these exists; config.yaml and train.log alone are
-# what a run that failed before its first checkpoint leaves, and a rerun may replace them.
-WORK_FILES = ("metrics.jsonl", "last.pt", "best.pt")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "last.pt", "previous.pt", "best.pt", "summary.json", "train.log", "data.json")
+# A folder holds a run worth keeping once one of these exists (a checkpoint, or a finished run's
+# summary). config.yaml, train.log, data.json and a metrics.jsonl without a checkpoint are what a run
+# that failed before its first checkpoint (a crash, a full disk) leaves: nothing can continue from
+# them, and the same command may replace them.
+WORK_FILES = ("last.pt", "best.pt", "summary.json")
 
 
 class RunDir:
@@ -27,6 +31,7 @@ class RunDir:
     config = property(lambda self: self.path / "config.yaml")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     last = property(lambda self: self.path / "last.pt")
+    previous = property(lambda self: self.path / "previous.pt")  # the last.pt before the current one
     best = property(lambda self: self.path / "best.pt")
     summary = property(lambda self: self.path / "summary.json")
     log = property(lambda self: self.path / "train.log")
@@ -60,7 +65,8 @@ class RunDir:
         except OSError as exc:
             if created:
                 _remove_if_empty(self.path)
-            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
+            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}; "
+                               f"{retry_advice(exc, self.last)}") from None
         except OKDUserError:  # another run took the folder between our check and here
             if created:
                 _remove_if_empty(self.path)
@@ -74,8 +80,23 @@ class RunDir:
                     stale.unlink(missing_ok=True)
         except OSError as exc:
             self.lock.release()
-            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}") from None
+            raise OKDUserError(f"cannot write to output folder {self.path}: {exc.strerror or exc}; "
+                               f"{retry_advice(exc, self.last)}") from None
         return note
+
+    def damaged_last(self, damage: OKDUserError) -> OKDUserError:
+        """The error for a --resume whose last.pt is damaged: it names an intact checkpoint to continue from."""
+        from okd.engine.checkpoint import load_checkpoint
+
+        for candidate in (self.previous, self.best):
+            try:
+                state = load_checkpoint(candidate, for_resume=True)
+            except OKDUserError:
+                continue
+            where = f"epoch {state['epoch']}" + (f", step {state['step']}" if state["step"] else "")
+            return OKDUserError(f"{damage}. {candidate.name} is intact ({where} done): to continue from it, "
+                                f"cp {candidate} {self.last} and rerun with --resume")
+        return OKDUserError(f"{damage}. No intact checkpoint is left in {self.path} to continue from: start again with --overwrite")
 
     def write_config(self, plain: dict[str, Any]) -> None:
         self._write_text(self.config, yaml.safe_dump(plain, sort_keys=False))
@@ -103,18 +124,27 @@ class RunDir:
         try:
             atomic_write_bytes(path, text.encode())
         except OSError as exc:
-            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}") from None
+            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}; {retry_advice(exc, self.last)}") from None
 
     def _append(self, path: Path, text: str) -> None:
+        """All of ``text`` or none of it: a short write (a full disk) is cut off again, so the next
+        line never lands after half a line."""
+        data = text.encode()
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, text.encode())
-                os.fsync(fd)
+                size = os.fstat(fd).st_size
+                try:
+                    if os.write(fd, data) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    os.fsync(fd)
+                except OSError:
+                    os.ftruncate(fd, size)
+                    raise
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}") from None
+            raise OKDUserError(f"could not write {path}: {exc.strerror or exc}; {retry_advice(exc, self.last)}") from None
 
 
 def _remove_if_empty(folder: Path) -> None:

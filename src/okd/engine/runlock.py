@@ -1,7 +1,8 @@
 """The lock file of a live run: two runs writing one folder would corrupt each other's checkpoints.
 
-``.okd.lock`` (JSON: pid, host, process start time, start date, command) is created with
-O_CREAT | O_EXCL, so of two runs starting at once exactly one gets it. A lock whose process is gone
+``.okd.lock`` (JSON: pid, host, process start time, start date, command) is written in full to a
+temp file first and then hard-linked to its name (``link`` fails if the name exists), so of two
+runs starting at once exactly one gets it, and a full disk never leaves an empty lock behind. A lock whose process is gone
 (killed with ``kill -9``, or its pid reused by another program: the start time differs) is taken
 over. A lock written on another machine cannot be checked, so it is never taken over silently.
 """
@@ -9,6 +10,7 @@ over. A lock written on another machine cannot be checked, so it is never taken 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import socket
@@ -114,20 +116,55 @@ class RunLock:
         if stale is not None:
             self._remove_stale(stale)
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._create(json.dumps(_this_process()).encode())
         except FileExistsError:  # another run was quicker: refuse with its name
             self.check()
             raise OKDUserError(f"{self.folder} was just locked by another run; use another --out") from None
-        try:
-            os.write(fd, json.dumps(_this_process()).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         self.held = True
+        self._remove_dead_drafts()
         if stale is None:
             return None
         return (f"note: took over the lock of a run that is no longer alive (pid {stale['pid']}@{stale['host']} "
                 f"since {stale.get('since', '?')})")
+
+    def _create(self, record: bytes) -> None:
+        """Create the lock with its whole record, or not at all (FileExistsError when it is held)."""
+        draft = self.folder / f"{LOCK_NAME}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, record)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(draft, self.path)
+            except FileExistsError:
+                raise
+            except OSError as exc:  # a file system without hard links: an exclusive create, written at once
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                self._create_exclusive(record)
+        finally:
+            draft.unlink(missing_ok=True)
+
+    def _remove_dead_drafts(self) -> None:
+        """Drafts and set-aside locks that a killed process left (``.okd.lock.<pid>.tmp`` / ``.stale``)."""
+        for leftover in self.folder.glob(f"{LOCK_NAME}.*.*"):
+            pid, _, kind = leftover.name[len(LOCK_NAME) + 1 :].partition(".")
+            if kind in ("tmp", "stale") and pid.isdigit() and not process_alive(int(pid), None):
+                leftover.unlink(missing_ok=True)
+
+    def _create_exclusive(self, record: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, record)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
 
     def _remove_stale(self, stale: dict[str, Any]) -> None:
         """Remove the dead run's lock, but not a live one another run put there since we read it.

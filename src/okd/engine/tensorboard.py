@@ -1,4 +1,4 @@
-"""Optional TensorBoard mirror of metrics.jsonl (``--tensorboard``; needs ``pip install 'okd[tensorboard]'``)."""
+"""Optional TensorBoard mirror of metrics.jsonl (``--tensorboard``; needs ``pip install 'okd-torch[tensorboard]'``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from typing import Any
 from okd.errors import OKDUserError
 
 
+def require_tensorboard() -> Any:
+    """The SummaryWriter class, or the one-line refusal (checked before the run folder is touched)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise OKDUserError("--tensorboard needs the tensorboard package: pip install 'okd-torch[tensorboard]'") from None
+    return SummaryWriter
+
+
 class TensorBoardLogger:
     def __init__(self, folder: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise OKDUserError("--tensorboard needs the tensorboard package: pip install 'okd[tensorboard]'") from None
-        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
+        self.writer = require_tensorboard()(log_dir=str(folder / "tensorboard"))
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         epoch = record["epoch"]

@@ -20,24 +20,27 @@ import torch
 from torch import nn
 
 from okd.data import DataConfig, DataSpec, build_data
+from okd.data.fingerprint import check_same_data
 from okd.engine import distributed as okd_dist
 from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_mismatch
-from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
+from okd.engine.config import TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
+from okd.engine.integrity import DamagedCheckpoint
+from okd.engine.preflight import check_fits, cohort_bytes
 from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
-from okd.engine.progress import progress
+from okd.common.progress import progress
 from okd.engine.step_log import StepLog
 from okd.engine.rundir import RunDir
-from okd.engine.schedule import learning_rate
+from okd.engine.schedule import learning_rate, warmup_factor
 from okd.engine.step import autocast, make_optimizer, train_step
 from okd.engine.sync_batchnorm import convert_sync_batchnorm
-from okd.engine.tensorboard import TensorBoardLogger
+from okd.engine.tensorboard import TensorBoardLogger, require_tensorboard
 from okd.errors import OKDUserError
 from okd.methods import DatasetInfo, OKDMethod, build_method, get_method_class
 from okd.models import BackboneOptions, arch_label, backbone_options, count_macs, count_params, create_backbone
 
 
 class TrainingInterrupted(Exception):
-    """SIGINT/SIGTERM arrived; last.pt holds the exact position to resume from."""
+    """A stop signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1) arrived; last.pt holds the exact position to resume from."""
 
     def __init__(self, signum: int, epoch: int, step: int, out: Path) -> None:
         super().__init__(f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}")
@@ -117,11 +120,17 @@ def build_for_config(
         m_per_class=cfg.m_per_class,
     )
     spec, train_loader, eval_loader = build_data(data_cfg)
-    options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     info = DatasetInfo(num_train=spec.num_train, num_classes=spec.num_classes, train_targets=spec.train_targets)
+    with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg, pretrained=False)):
+        need = cohort_bytes(lambda: build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info,
+                                                  **cfg.method_options))
+    if need is not None:
+        check_fits(f"the {cfg.method} cohort of {cfg.num_peers} x {cfg.arch} (weights, buffers such as memory banks, "
+                   "gradients and momentum; activations not counted)", need, device,
+                   "use fewer --num-peers, a smaller backbone or memory bank, or a device with more memory")
     with torch.random.fork_rng(devices=[]), backbone_options(backbone_options_of(cfg)):
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **options)
+        method = build_method(cfg.method, cfg.arch, spec.num_classes, cfg.num_peers, cfg.share, dataset=info, **cfg.method_options)
     if train_loader is not None:  # None when an evaluation skips the training images
         train_loader.set_views(method.train_views)
     method.to(device)
@@ -185,7 +194,7 @@ def evaluate(method: OKDMethod, forward: nn.Module, loader, device: torch.device
 
 
 @dataclass
-class _EpochSums:
+class EpochSums:
     """Loss sums of the current epoch, kept on the device; read once at the end of the epoch."""
 
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -222,12 +231,17 @@ class _EpochSums:
         return {"terms": terms, "steps": self.steps, "images": self.images, "seconds": self.seconds}
 
     @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> _EpochSums:
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochSums:
         return cls({k: v.to(device) for k, v in state["terms"].items()}, state["steps"], state["images"], state["seconds"])
 
 
+# Signals that stop a run after its current step, saved: Ctrl-C, kill, a closed terminal (SIGHUP),
+# and the warning a batch scheduler such as Slurm sends before a time limit (SIGUSR1).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1") if hasattr(signal, name))
+
+
 class _StopSignals:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (finish the step, then save)."""
+    """Turn the STOP_SIGNALS into a flag the loop checks between steps (finish the step, then save)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -235,7 +249,7 @@ class _StopSignals:
 
     def __enter__(self) -> _StopSignals:
         if threading_is_main():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -269,11 +283,20 @@ class Trainer:
     def _load_resume_state(self) -> dict[str, Any] | None:
         if not self.resume:
             return None
-        state = load_checkpoint(self.run.last, for_resume=True)
+        try:
+            state = load_checkpoint(self.run.last, for_resume=True)
+        except DamagedCheckpoint as damage:
+            raise self.run.damaged_last(damage) from None
         previous = config_from_mapping(state["config"])
+        # older runs saved every method's options (null where unset, ignored where not the method's)
+        declared = {option.name for option in get_method_class(self.cfg.method).declared_options()}
+        previous.method_options = {k: v for k, v in previous.method_options.items() if k in declared}
+        if "warmup_epochs" not in state["config"] and not self.cfg.warmup_epochs:
+            previous.warmup_epochs = self.cfg.warmup_epochs  # saved before --warmup-epochs existed: it warmed up for 0
         changed = diff_configs(previous, self.cfg)
         if changed:
-            detail = ", ".join(f"{k}: {getattr(previous, k)!r} -> {getattr(self.cfg, k)!r}" for k in changed)
+            old, new = to_plain(previous), to_plain(self.cfg)
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
             raise OKDUserError(
                 f"--resume: {self.run.path} holds a run with another config ({detail}); only --epochs may grow. "
                 "Use a new --out folder, or --overwrite to replace the run"
@@ -283,8 +306,10 @@ class Trainer:
         return state
 
     def setup(self) -> None:
-        """Everything that can fail on the user's input (device, data, method options such as nce_k)
-        runs before the run folder is created, so a refused run leaves nothing behind."""
+        """Everything that can refuse the run (device, data, method options such as nce_k, the optimizer,
+        the checkpoint to resume, optional packages) runs before the run folder is created or cleared:
+        taking the folder (``prepare``, which an --overwrite empties) is the last step before training,
+        so a refused command never destroys a run."""
         cfg = self.cfg
         if self.is_main:
             self.run.check(resume=self.resume, overwrite=self.overwrite)
@@ -299,15 +324,12 @@ class Trainer:
         resume_state = self._load_resume_state()
         data_manifest = resume_state.get("data") if resume_state is not None else None
         self.spec, self.train_loader, self.eval_loader, self.method = build_for_config(cfg, self.device, self.dist, data_manifest)
-        took_over = None
-        if self.is_main:
-            took_over = self.run.prepare(resume=self.resume, overwrite=self.overwrite)
-            self.run.write_data(self.spec.manifest)
-        okd_dist.barrier()
+        if resume_state is not None:
+            check_same_data(resume_state.get("data_fingerprint"), self.spec.fingerprint or {},
+                            f"--dataset {cfg.dataset}" + (f" at {cfg.data}" if cfg.data else ""))
         self.amp = cfg.amp and self.device.type == "cuda"
         self.notices = [f"note: --amp (bf16 autocast) is CUDA-only; training in float32 on {self.device}"] if cfg.amp and not self.amp else []
-        if took_over:
-            self.notices.append(took_over)
+        self.notices += [f"note: {note}" for note in self.spec.notes]
         if resolve_sampler(cfg) == "m_per_class":
             self.notices.append(f"sampler m_per_class: every batch holds {cfg.batch_size // cfg.m_per_class} random classes "
                                 f"x {cfg.m_per_class} samples, drawn afresh per batch")
@@ -337,13 +359,26 @@ class Trainer:
         self.metrics_records = 0
         if resume_state is not None:
             self._restore(resume_state)
-        # TensorBoard first: a missing package then fails before the run folder gets its config
+        if cfg.tensorboard and self.is_main:
+            require_tensorboard()
+        self._take_run_folder()
         self.tensorboard = TensorBoardLogger(self.run.path) if (cfg.tensorboard and self.is_main) else None
         if self.is_main:
             self.run.write_config(to_plain(cfg))
         self.steps_per_epoch = len(self.train_loader)
         if cfg.limit_batches is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.limit_batches)
+
+    def _take_run_folder(self) -> None:
+        """Lock the folder and clear what a new run replaces: nothing may refuse the run after this."""
+        if self.is_main:
+            took_over = self.run.prepare(resume=self.resume, overwrite=self.overwrite)
+            if took_over:
+                self.notices.append(took_over)
+            if self.resume:
+                self.run.truncate_metrics(self.metrics_records)
+            self.run.write_data(self.spec.manifest)
+        okd_dist.barrier()
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -355,8 +390,6 @@ class Trainer:
         self.best = state.get("best", {})
         self.partial = state.get("partial")
         self.metrics_records = state.get("metrics_records", 0)
-        if self.is_main:
-            self.run.truncate_metrics(self.metrics_records)
 
     # -- checkpoints --------------------------------------------------------------------------
     def _state(self, epoch: int, step: int, partial: dict[str, Any] | None) -> dict[str, Any]:
@@ -370,12 +403,13 @@ class Trainer:
             "best": self.best,
             "metrics_records": self.metrics_records,
             "data": self.spec.manifest,  # class names; for an image folder also its split and file fingerprints
+            "data_fingerprint": self.spec.fingerprint,  # sizes, label counts, a hash of a sample: --resume checks it
             "torch_version": str(torch.__version__),
         }
 
     def _save(self, path: Path, epoch: int, step: int, partial: dict[str, Any] | None = None) -> None:
         if self.is_main:
-            save_checkpoint(path, self._state(epoch, step, partial))
+            save_checkpoint(path, self._state(epoch, step, partial), previous=self.run.previous if path == self.run.last else None)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -395,7 +429,7 @@ class Trainer:
         with _StopSignals() as stop:
             for epoch in range(self.start_epoch, cfg.epochs):
                 start_step = self.start_step if epoch == self.start_epoch else 0
-                sums = _EpochSums.from_state(self.partial, self.device) if (self.partial and start_step) else _EpochSums()
+                sums = EpochSums.from_state(self.partial, self.device) if (self.partial and start_step) else EpochSums()
                 self._train_epoch(epoch, start_step, sums, stop)
                 okd_dist.broadcast_norm_stats(self.method)  # evaluate with the statistics rank 0 saves
                 test = evaluate(self.method, self.forward, self.eval_loader, self.device, self.amp, cfg.limit_batches)
@@ -407,7 +441,7 @@ class Trainer:
                 self.tensorboard.close()
         return summary
 
-    def _train_epoch(self, epoch: int, start_step: int, sums: _EpochSums, stop: _StopSignals) -> None:
+    def _train_epoch(self, epoch: int, start_step: int, sums: EpochSums, stop: _StopSignals) -> None:
         cfg = self.cfg
         lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.lr_schedule, cfg.milestones, cfg.lr_gamma)
         for group in self.optimizer.param_groups:
@@ -428,6 +462,9 @@ class Trainer:
         for step, batch in enumerate(self.train_loader.epoch(epoch, start_step), start=start_step):
             if step >= self.steps_per_epoch:
                 break
+            if epoch < (cfg.warmup_epochs or 0):  # per step, and only while warming up: a plain run is untouched
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr * group.get("lr_scale", 1.0) * warmup_factor(epoch, step, self.steps_per_epoch, cfg.warmup_epochs)
             result = train_step(
                 self.forward, self.method, self.optimizer, batch, epoch, device=self.device, amp=self.amp,
                 seed=step_seed(cfg.seed, epoch, step, self.dist.rank), skip=skip, step=step,
@@ -475,7 +512,7 @@ class Trainer:
                 f"stopped, the last good checkpoint is {self.run.last} (try a lower --lr, or --nan-policy skip-step)"
             )
 
-    def _end_epoch(self, epoch: int, sums: _EpochSums, test: dict[str, dict[str, float]]) -> None:
+    def _end_epoch(self, epoch: int, sums: EpochSums, test: dict[str, dict[str, float]]) -> None:
         train = sums.means()
         record = {
             "epoch": epoch + 1,
@@ -492,8 +529,9 @@ class Trainer:
             self.run.append_metrics(record)
             if self.tensorboard is not None:
                 self.tensorboard.log_epoch(record)
+            loss = f"{train['total']:.4f}" if "total" in train else "n/a (every step skipped)"  # --nan-policy skip-step
             self._log(
-                f"epoch {epoch + 1}/{self.cfg.epochs}  loss {train['total']:.4f}  "
+                f"epoch {epoch + 1}/{self.cfg.epochs}  loss {loss}  "
                 f"test top-1 error: deployed {test['deployed']['top1']:.2f}  peer mean {test['peer_mean']['top1']:.2f}  "
                 f"ensemble {test['ensemble']['top1']:.2f}"
                 + "".join(f"  {head} {test[head]['top1']:.2f}" for head in extra_heads(test, self.method.num_peers))

@@ -1,6 +1,6 @@
 """MCL-OKD's multi-view contrastive loss and memory update, as pure tensor functions.
 
-Notation (reference-spec §4.7): N peers ("views"), a memory bank M_i [num_data, D] per view, the
+Notation (docs/reference-spec.md §4.7): N peers ("views"), a memory bank M_i [num_data, D] per view, the
 L2-normalised live embeddings e_j [B, D], and ``contrast_idx`` [B, K+1] (column 0 the positive,
 the sample itself; columns 1..K negatives). For every ordered pair i != j the directed output is
 O_{i->j}[b, k] = exp(M_i[contrast_idx[b, k]] . e_j[b] / tau), normalised to P = O / Z with
@@ -156,3 +156,8 @@ def momentum_update_(banks: torch.Tensor, indices: torch.Tensor, embeddings: tor
     embeddings = embeddings.detach().to(banks.dtype).index_select(1, last_occurrence(indices))
     old = banks.index_select(1, indices)
     banks.index_copy_(1, indices, l2_normalise(old * momentum + embeddings * (1.0 - momentum)))
+
+
+def embed(heads: "torch.nn.ModuleList", features: "list[torch.Tensor]") -> torch.Tensor:
+    """Each peer's L2-normalised embedding of its pooled feature, in float32: [N, B, D]."""
+    return torch.stack([l2_normalise(head(torch.flatten(f, 1)).float()) for head, f in zip(heads, features)])

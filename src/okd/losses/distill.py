@@ -1,4 +1,4 @@
-"""Pure distillation losses shared by the online-KD methods (reference-spec §4).
+"""Pure distillation losses shared by the online-KD methods (docs/reference-spec.md §4).
 
 Every function here is stateless and acts on plain tensors, so the methods stay a few lines long
 and each term can be tested against a hand formula. Whether a target receives gradient is the

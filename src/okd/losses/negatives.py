@@ -1,7 +1,7 @@
 """Class-aware negative sampling for MCL-OKD, vectorised on the training device.
 
 The reference keeps, per class, a Python list of every index of the *other* classes and draws a
-full permutation per image in the data workers (about 5 GB of lists on ImageNet, reference-spec
+full permutation per image in the data workers (about 5 GB of lists on ImageNet, docs/reference-spec.md
 §4.7). Here the only dataset-sized state is the training indices sorted by class plus per-class
 offsets: the candidates of a sample of class c are the class-sorted order with c's block cut out,
 so a uniform draw u in [0, num_train - count[c]) is mapped back by skipping that block. Memory is

@@ -2,7 +2,9 @@
 
 from okd.methods import baseline, cl_ilr, dml, kdcl, lmcl, mcl, mcl_okd, okddip, okdph, one, pcl, switokd  # noqa: F401  (register the methods)
 from okd.methods.base import DatasetInfo, OKDMethod
+from okd.methods.options import Option, OptionValues
 from okd.methods.registry import (
+    all_options,
     build_method,
     get_method_class,
     list_methods,
@@ -14,6 +16,9 @@ from okd.methods.registry import (
 __all__ = [
     "DatasetInfo",
     "OKDMethod",
+    "Option",
+    "OptionValues",
+    "all_options",
     "build_method",
     "get_method_class",
     "list_methods",

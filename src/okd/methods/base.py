@@ -21,6 +21,7 @@ from torch import nn
 
 from okd.data.batch import Batch
 from okd.errors import OKDUserError
+from okd.methods.options import Option, OptionValues, check_values, signature_options
 from okd.models import Cohort, CohortOutput, create_backbone, format_arch, parse_arch
 
 
@@ -36,7 +37,8 @@ class DatasetInfo:
 class OKDMethod(nn.Module):
     """A cohort plus whatever heads its method needs; ``forward`` runs all trainable parts.
 
-    Subclasses set ``name``, ``default_share``, ``min_peers`` and implement ``losses``. Extra heads
+    Subclasses set ``name``, ``default_share``, ``min_peers``, declare their ``options`` (and may give
+    a ``recipe``) and implement ``losses``. Extra heads
     (ONE's gate, OKDDip's projections, MCL-OKD's embeddings) run inside ``forward`` so that DDP sees
     every parameter used by the loss, and put their outputs into ``output.extras``.
     """
@@ -48,19 +50,32 @@ class OKDMethod(nn.Module):
     # how the engine draws training batches unless --sampler says otherwise (okd.data.sampling.SAMPLERS)
     train_sampler: ClassVar[str] = "random"
     supports_heterogeneous: ClassVar[bool] = False  # peers may be different backbones (they then share nothing)
+    # The method's knobs: flags, YAML keys, okd.train() keywords, --help and checks all come from here.
+    options: ClassVar[tuple[Option, ...]] = ()
 
-    def __init__(self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None) -> None:
-        """``backbone``: one name for every peer, or one per peer (a list, or ``"resnet32,resnet110"``)."""
+    def __init__(self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None,
+                 dataset: DatasetInfo | None = None, **options: Any) -> None:
+        """``backbone``: one name for every peer, or one per peer (a list, or ``"resnet32,resnet110"``).
+        ``options``: values of the declared options (unset ones take their defaults), checked into ``self.opt``."""
         super().__init__()
+        self.opt: OptionValues = check_values(self.name, self.options, options, fill=True)
         names, share = self.plan_cohort(backbone, num_peers, share)
         self.backbone_names = names  # peer i is a ``create_backbone(backbone_names[i])``
         self.backbone_name = format_arch(names)
         self.cohort = Cohort([partial(create_backbone, name, num_classes) for name in names], num_peers, share)
 
     @classmethod
+    def declared_options(cls) -> tuple[Option, ...]:
+        """``options``, or for a method that declares none, the keywords its ``__init__`` takes (older plugins)."""
+        if cls.options or cls.__init__ is OKDMethod.__init__:
+            return cls.options
+        return signature_options(cls.__init__)
+
+    @classmethod
     def recipe(cls, dataset: str, backbones: list[str]) -> dict[str, Any]:
-        """Defaults that depend on the data or backbone (engine values such as num_peers, and this
-        method's own options); the engine fills only what the user left unset. None by default."""
+        """Defaults that depend on the data or the backbone: engine values (``num_peers``, ``epochs``,
+        ``lr``, ``batch_size``, ``wd``...) and this method's own options. They fill only what the user
+        left unset; the engine's dataset recipe fills the rest."""
         return {}
 
     @classmethod
@@ -79,9 +94,7 @@ class OKDMethod(nn.Module):
         if len(set(names)) == 1:
             return names, share or cls.default_share
         if not cls.supports_heterogeneous:
-            from okd.methods.registry import get_method_class, list_methods
-
-            able = [m for m in list_methods() if get_method_class(m).supports_heterogeneous]
+            able = [name for name, method in REGISTRY.items() if method.supports_heterogeneous]
             raise OKDUserError(f"method {cls.name!r} cannot train peers of different backbones ({'+'.join(names)}): "
                                f"give one --arch, or use a method with independent peers ({', '.join(able)})")
         if share not in (None, "none"):
@@ -171,3 +184,8 @@ class OKDMethod(nn.Module):
     def start_epoch(self, epoch: int) -> None:
         """Called before the first step of each 0-based ``epoch`` (not when a run resumes mid-epoch);
         state changed here (OKDPH's epoch-level fusion) is checkpointed like any other."""
+
+
+# Registered methods by name (filled by ``okd.methods.registry.register_method``); here, below the
+# registry, so that the protocol can name the methods able to do something without importing upward.
+REGISTRY: dict[str, type[OKDMethod]] = {}

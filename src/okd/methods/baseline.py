@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -17,6 +19,11 @@ class Baseline(OKDMethod):
     default_share = "none"
     allowed_shares = ("none",)
     min_peers = 1
+
+    @classmethod
+    def recipe(cls, dataset: str, backbones: list[str]) -> dict[str, Any]:
+        """One network (or one per backbone given)."""
+        return {"num_peers": len(backbones)}
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         return {"ce": sum(F.cross_entropy(z, batch.targets) for z in output.logits)}

@@ -1,5 +1,5 @@
 """CL-ILR: collaborative learning with intermediate-level representation sharing (Song & Chai,
-NeurIPS 2018), as the reference runs it (reference-spec §4.4).
+NeurIPS 2018), as the reference runs it (docs/reference-spec.md §4.4).
 
 The peers form a binary tree (``share="tree"``): a trunk shared by all, sub-trunks shared by pairs,
 then one branch per peer. The Cohort inserts the gradient-averaging op (ILR's backprop rescaling)
@@ -8,7 +8,7 @@ works for any N >= 2 on every backbone: with odd N the last sub-trunk has a sing
 rescaling.
 
 Ensemble: the mean of **all N** peers' logits. The reference's "Ens" averages peers 0..N-2 only,
-because its evaluation loop reuses a loop variable from the loss (reference-spec §4.4, §5.1), so
+because its evaluation loop reuses a loop variable from the loss (docs/reference-spec.md §4.4, §5.1), so
 its CL-ILR (Ens) numbers are (N-1)-peer ensembles; we deliberately do not reproduce that bug.
 """
 
@@ -19,6 +19,7 @@ import torch
 from okd.data.batch import Batch
 from okd.losses.distill import kl_to_targets, mean_of_others, sum_cross_entropy
 from okd.methods.base import OKDMethod
+from okd.methods.options import temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -34,18 +35,12 @@ class CLILR(OKDMethod):
     name = "cl_ilr"
     default_share = "tree"
     allowed_shares = ("tree",)
-    BETA = 0.5  # fixed, not the config's ``beta`` (that one is MCL-OKD's contrastive weight)
+    BETA = 0.5  # fixed by the CL paper, not an option
+    options = (temperature(2.0),)
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        kd_t: float = 2.0,
-    ) -> None:
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t = kd_t
+    @property
+    def kd_t(self) -> float:
+        return self.opt.kd_t
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         targets = mean_of_others([z.detach() for z in output.logits])

@@ -1,4 +1,4 @@
-"""DML, Deep Mutual Learning (Zhang et al., CVPR 2018), as the reference runs it (reference-spec §4.3).
+"""DML, Deep Mutual Learning (Zhang et al., CVPR 2018), as the reference runs it (docs/reference-spec.md §4.3).
 
 Every peer learns from the labels and from each other peer's detached prediction. The reference
 shares stage 1 among the peers (``share="early"``, the default); ``share="none"`` gives the DML
@@ -7,13 +7,12 @@ paper's fully independent networks, which may then be different backbones (``--a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from okd.data.batch import Batch
 from okd.losses.distill import mutual_kl, sum_cross_entropy
 from okd.methods.base import OKDMethod
+from okd.methods.options import temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -26,12 +25,11 @@ class DML(OKDMethod):
     default_share = "early"
     allowed_shares = ("none", "early")
     supports_heterogeneous = True
+    options = (temperature(2.0),)
 
-    def __init__(
-        self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None, kd_t: float = 2.0
-    ) -> None:
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t = kd_t
+    @property
+    def kd_t(self) -> float:
+        return self.opt.kd_t
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         return {

@@ -8,7 +8,7 @@ the rules, the defaults and what could not be checked against the paper.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -17,8 +17,17 @@ from okd.errors import OKDUserError
 from okd.losses.distill import kl_to_targets, sum_cross_entropy
 from okd.losses.ensemble_targets import ENSEMBLE_RULES
 from okd.methods.base import OKDMethod
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
+
+
+def _check_rule(rule: str) -> None:
+    if rule == "general":  # the paper's fourth rule: weights fitted on held-out data once per epoch
+        raise OKDUserError("--kdcl-rule general is not implemented (it needs a held-out split of the training set, "
+                           f"see docs/methods/kdcl.md); choose one of {', '.join(ENSEMBLE_RULES)}")
+    if rule not in ENSEMBLE_RULES:
+        raise OKDUserError(f"unknown --kdcl-rule {rule!r}; choose one of {', '.join(ENSEMBLE_RULES)}")
 
 
 @register_method
@@ -35,26 +44,17 @@ class KDCL(OKDMethod):
     default_share = "none"
     allowed_shares = ("none", "early", "late")
     supports_heterogeneous: ClassVar[bool] = True
+    options = (
+        temperature(4.0),
+        Option("alpha", float, 0.5, "distillation weight; the cross-entropy weighs 1 - alpha", minimum=0.0, maximum=1.0,
+               aliases=("-a",)),
+        Option("kdcl_rule", str, "minlogit", "soft target built from the peers", choices=tuple(ENSEMBLE_RULES),
+               check=_check_rule),
+    )
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        kd_t: float = 4.0,
-        alpha: float = 0.5,
-        kdcl_rule: str = "minlogit",
-    ) -> None:
-        if kdcl_rule == "general":  # the paper's fourth rule: weights fitted on held-out data once per epoch
-            raise OKDUserError("--kdcl-rule general is not implemented (it needs a held-out split of the training set, "
-                               f"see docs/methods/kdcl.md); choose one of {', '.join(ENSEMBLE_RULES)}")
-        if kdcl_rule not in ENSEMBLE_RULES:
-            raise OKDUserError(f"unknown --kdcl-rule {kdcl_rule!r}; choose one of {', '.join(ENSEMBLE_RULES)}")
-        if not 0 <= alpha <= 1:
-            raise OKDUserError(f"--alpha for kdcl is the distillation weight and must be in [0, 1], got {alpha}")
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t, self.alpha, self.rule = kd_t, alpha, kdcl_rule
+    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None, **options: Any) -> None:
+        super().__init__(backbone, num_classes, num_peers, share, **options)
+        self.kd_t, self.alpha, self.rule = self.opt.kd_t, self.opt.alpha, self.opt.kdcl_rule
 
     @property
     def train_views(self) -> int:

@@ -17,6 +17,8 @@ Details and the code's quirks: docs/methods/lmcl.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 import math
 import re
 from collections.abc import Sequence
@@ -33,6 +35,7 @@ from okd.losses.lmcl import aggregate_logits, lmcl_terms, pair_weights
 from okd.methods.base import OKDMethod
 from okd.methods.mcl import projection_head
 from okd.methods.meta_sgd import meta_hypergradient
+from okd.methods.options import Option
 from okd.methods.registry import register_method
 from okd.models import CohortOutput, create_backbone
 
@@ -49,6 +52,7 @@ options = (
     ("lmcl_meta_freq", int, 50, "a meta step every N steps of an epoch (its first included; 0: never)", 0, False),
     ("lmcl_meta_steps", int, 2, "virtual SGD steps on the contrastive loss per meta step (the code's --times)", 1, False),
 )
+ALIASES = {"lmcl_meta_freq": ("--meta-freq",), "lmcl_meta_steps": ("--times",), "kd_t": ("--kd_T", "--kd-T")}  # the code's flags
 WEIGHT_NET_DIM = 128  # the code's LossWeightNetwork projects every head's feature to 128-d
 
 
@@ -95,6 +99,13 @@ class LMCL(OKDMethod):
     allowed_shares = ("none",)
     train_sampler = "m_per_class"
     supports_heterogeneous = True
+    options = tuple(Option(name, kind, default, help, minimum=minimum, exclusive_minimum=exclusive,
+                           aliases=ALIASES.get(name, ())) for name, kind, default, help, minimum, exclusive in options)
+
+    @classmethod
+    def recipe(cls, dataset: str, backbones: list[str]) -> dict[str, Any]:
+        """The paper's cohort of 2 networks (or one per backbone given)."""
+        return {"num_peers": len(backbones) if len(backbones) > 1 else 2}
 
     def __init__(
         self,
@@ -116,7 +127,7 @@ class LMCL(OKDMethod):
         opt = _checked(dict(kd_t=kd_t, feat_dim=feat_dim, mcl_tau=mcl_tau, mcl_vcl=mcl_vcl, mcl_icl=mcl_icl,
                             mcl_soft_vcl=mcl_soft_vcl, mcl_soft_icl=mcl_soft_icl, lmcl_meta_freq=lmcl_meta_freq,
                             lmcl_meta_steps=lmcl_meta_steps))
-        super().__init__(backbone, num_classes, num_peers, share or "none")
+        super().__init__(backbone, num_classes, num_peers, share or "none", **opt)
         self.kd_t, self.tau = float(opt["kd_t"]), float(opt["mcl_tau"])
         self.meta_freq, self.meta_steps = int(opt["lmcl_meta_freq"]), int(opt["lmcl_meta_steps"])
         self.weights = {"vcl": opt["mcl_vcl"], "icl": opt["mcl_icl"], "soft_vcl": opt["mcl_soft_vcl"], "soft_icl": opt["mcl_soft_icl"]}

@@ -12,18 +12,18 @@ of B/2 classes), so every anchor has a same-class partner. Details and quirks: d
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.errors import OKDUserError
-from okd.losses.contrastive import l2_normalise
+from okd.losses.contrastive import embed
 from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.mcl import mcl_terms
 from okd.methods.base import OKDMethod
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput, parse_arch
 
@@ -33,10 +33,8 @@ def projection_head(dim_in: int, dim_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim_in, dim_out), nn.ReLU(inplace=True), nn.Linear(dim_out, dim_out))
 
 
-def _check(name: str, value: float, positive: bool) -> None:
-    bad = not math.isfinite(value) or (value <= 0 if positive else value < 0)
-    if bad:
-        raise OKDUserError(f"--{name.replace('_', '-')} must be {'> 0' if positive else '>= 0'}, got {value}")
+def _weight(name: str, default: float, what: str) -> Option:
+    return Option(name, float, default, f"weight of {what}", minimum=0.0)
 
 
 @register_method
@@ -56,36 +54,29 @@ class MCL(OKDMethod):
     allowed_shares = ("none", "early", "late")
     train_sampler = "m_per_class"
     supports_heterogeneous = True
+    options = (
+        temperature(3.0, "temperature of the soft terms and of the logit distillation"),
+        Option("feat_dim", int, 128, "embedding size", minimum=1),
+        Option("mcl_tau", float, 0.1, "temperature of the embedding similarities", minimum=0.0, exclusive_minimum=True),
+        _weight("mcl_vcl", 0.1, "the intra-network contrastive loss (the code's alpha)"),
+        _weight("mcl_icl", 0.1, "the inter-network contrastive loss (beta)"),
+        _weight("mcl_soft_vcl", 1.0, "the soft intra-network term (gamma)"),
+        _weight("mcl_soft_icl", 1.0, "the soft inter-network term (lam)"),
+        Option("mcl_logit_distill", bool, False, "also distil from the detached mean logits (2 peers: both; more: the last only)"),
+        Option("mcl_icl_same_instance", bool, False, "the inter-network loss counts the same image as a positive (the "
+               "ImageNet code's choice; off as the CIFAR code)"),
+    )
 
-    def __init__(
-        self,
-        backbone: str | Sequence[str],
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        *,
-        kd_t: float = 3.0,
-        feat_dim: int = 128,
-        mcl_tau: float = 0.1,
-        mcl_vcl: float = 0.1,
-        mcl_icl: float = 0.1,
-        mcl_soft_vcl: float = 1.0,
-        mcl_soft_icl: float = 1.0,
-        mcl_logit_distill: bool = False,
-        mcl_icl_same_instance: bool = False,
-    ) -> None:
-        for name, value, positive in (("kd_t", kd_t, True), ("mcl_tau", mcl_tau, True), ("mcl_vcl", mcl_vcl, False),
-                                      ("mcl_icl", mcl_icl, False), ("mcl_soft_vcl", mcl_soft_vcl, False),
-                                      ("mcl_soft_icl", mcl_soft_icl, False)):
-            _check(name, float(value), positive)
-        if int(feat_dim) < 1:
-            raise OKDUserError(f"--feat-dim must be >= 1, got {feat_dim}")
+    def __init__(self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None,
+                 **options: Any) -> None:
         if share is None:
             share = "none" if num_peers == 2 or len(set(parse_arch(backbone))) > 1 else "early"
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t, self.tau, self.feat_dim = float(kd_t), float(mcl_tau), int(feat_dim)
-        self.weights = {"vcl": float(mcl_vcl), "icl": float(mcl_icl), "soft_vcl": float(mcl_soft_vcl), "soft_icl": float(mcl_soft_icl)}
-        self.logit_distill, self.same_instance = bool(mcl_logit_distill), bool(mcl_icl_same_instance)
+        super().__init__(backbone, num_classes, num_peers, share, **options)
+        opt = self.opt
+        self.kd_t, self.tau, self.feat_dim = float(opt.kd_t), float(opt.mcl_tau), int(opt.feat_dim)
+        self.weights = {"vcl": float(opt.mcl_vcl), "icl": float(opt.mcl_icl), "soft_vcl": float(opt.mcl_soft_vcl),
+                        "soft_icl": float(opt.mcl_soft_icl)}
+        self.logit_distill, self.same_instance = bool(opt.mcl_logit_distill), bool(opt.mcl_icl_same_instance)
         dims = getattr(self.cohort, "feature_dims", None) or [self.cohort.feature_dim] * num_peers
         self.embed = nn.ModuleList(projection_head(d, self.feat_dim) for d in dims)
 
@@ -96,9 +87,7 @@ class MCL(OKDMethod):
     def forward(self, images: torch.Tensor) -> CohortOutput:
         """Cohort + projection heads (inside forward, so DDP sees them); embeddings [N, B, D] in extras."""
         output = self.cohort(images)
-        output.extras["embeddings"] = torch.stack(
-            [l2_normalise(head(torch.flatten(f, 1)).float()) for head, f in zip(self.embed, output.features)]
-        )
+        output.extras["embeddings"] = embed(self.embed, output.features)
         return output
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:

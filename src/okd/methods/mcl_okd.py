@@ -1,5 +1,5 @@
 """MCL-OKD: multi-view contrastive learning + distillation from an online teacher
-(Yang, An, Xu; ICASSP 2021), as the reference runs it (reference-spec §4.7).
+(Yang, An, Xu; ICASSP 2021), as the reference runs it (docs/reference-spec.md §4.7).
 
 The peers share the first stage, like DML. Each peer has an embedding head (Linear(d, 128) + L2
 normalisation) and a memory bank of every training sample's embedding. Every peer's live
@@ -15,17 +15,18 @@ alpha = 0 is the paper's "+MCL" ablation, alpha = 1 the full method.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.engine.distributed import all_gather_rows, is_distributed
+from okd.common.collectives import all_gather_rows, is_distributed
 from okd.errors import OKDUserError
 from okd.losses.contrastive import (
     batch_normaliser,
-    l2_normalise,
+    embed,
     momentum_update_,
     multiview_scores,
     nce_loss,
@@ -33,19 +34,16 @@ from okd.losses.contrastive import (
 from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.negatives import ClassIndex, build_class_index, check_num_negatives, contrast_indices
 from okd.methods.base import DatasetInfo, OKDMethod
+from okd.methods.options import Option, check_values, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
 
-def _check_options(nce_t: float, nce_m: float, feat_dim: int, kd_t: float) -> None:
-    if nce_t <= 0:
-        raise OKDUserError(f"nce_t={nce_t} must be positive; use --nce-t > 0")
-    if not 0.0 <= nce_m <= 1.0:
-        raise OKDUserError(f"nce_m={nce_m} must lie in [0, 1]; use --nce-m between 0 and 1")
-    if feat_dim < 1:
-        raise OKDUserError(f"feat_dim={feat_dim} must be at least 1")
-    if kd_t <= 0:
-        raise OKDUserError(f"kd_t={kd_t} must be positive; use --kd-t > 0")
+# The original README's --nce_k per backbone on CIFAR (and ImageNet's ResNet-34); 256 elsewhere.
+NCE_K_BY_BACKBONE = {"resnet32": 256, "resnet110": 256, "densenet40_12": 256, "vgg16": 16384, "hcgnet_a1": 16384, "resnet34": 16384}
+# reference-spec §2.4: MCL-OKD's own batch and learning rate (the other methods use 128/256 and 0.1)
+OPTIMISATION = {"imagenet": {"epochs": 100, "batch_size": 128, "lr": 0.05, "wd": 1e-4},
+                "cifar": {"epochs": 300, "batch_size": 64, "lr": 0.05, "wd": 5e-4}}
 
 
 def _init_banks(num_views: int, num_data: int, dim: int) -> torch.Tensor:
@@ -68,40 +66,48 @@ class MCLOKD(OKDMethod):
     name = "mcl_okd"
     default_share = "early"
     allowed_shares = ("early", "late", "none")
+    options = (
+        Option("alpha", float, 1.0, "weight of the distillation from the online teacher (DOT); 0 is the paper's "
+               "'+MCL' ablation", minimum=0.0, aliases=("-a",)),
+        Option("beta", float, 0.025, "weight of the multi-view contrastive loss", minimum=0.0, aliases=("-b",)),
+        Option("gamma", float, 1.0, "weight of the cross-entropy", minimum=0.0),
+        temperature(3.0, "temperature of the DOT"),
+        Option("nce_k", int, 16384, "negatives per sample (recipe: 256 for the CIFAR ResNets and DenseNet)", minimum=1),
+        Option("nce_t", float, 0.1, "temperature of the contrastive scores (recipe: 0.07 on ImageNet)", minimum=0.0,
+               exclusive_minimum=True),
+        Option("nce_m", float, 0.5, "momentum of the memory banks", minimum=0.0, maximum=1.0, exclusive_maximum=True),
+        Option("feat_dim", int, 128, "embedding size", minimum=1),
+        Option("fixed_z", bool, False, "fix the NCE normaliser at the first step (CRD) instead of per batch"),
+    )
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        *,
-        dataset: DatasetInfo | None = None,
-        alpha: float = 1.0,
-        beta: float = 0.025,
-        gamma: float = 1.0,
-        kd_t: float = 3.0,
-        nce_k: int = 16384,
-        nce_t: float = 0.1,
-        nce_m: float = 0.5,
-        feat_dim: int = 128,
-        fixed_z: bool = False,
-    ) -> None:
+    @classmethod
+    def recipe(cls, dataset: str, backbones: list[str]) -> dict[str, Any]:
+        """The reference's nce_k per backbone and nce_t per dataset, and its own batch size and lr."""
+        values: dict[str, Any] = {"nce_k": NCE_K_BY_BACKBONE.get(backbones[0], 256) if dataset in ("cifar100", "cifar10", "imagenet") else 256,
+                                  "nce_t": 0.07 if dataset == "imagenet" else 0.1}
+        if dataset == "imagenet":
+            values.update(OPTIMISATION["imagenet"])
+        elif dataset in ("cifar100", "cifar10", "folder"):
+            values.update(OPTIMISATION["cifar"])
+        return values
+
+    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None,
+                 dataset: DatasetInfo | None = None, **options: Any) -> None:
         if dataset is None:
             raise OKDUserError(
                 "method 'mcl_okd' needs the training set's size and labels (DatasetInfo) for its memory "
                 "banks and class-aware negatives; build it with dataset=DatasetInfo(...)"
             )
-        _check_options(nce_t, nce_m, feat_dim, kd_t)
+        opt = check_values(self.name, self.options, options, fill=True)  # before the banks are sized from it
         targets = torch.as_tensor(dataset.train_targets).detach().cpu().long().flatten()
         if targets.numel() != dataset.num_train:
             raise OKDUserError(f"DatasetInfo has {targets.numel()} training labels but num_train={dataset.num_train}")
         index = build_class_index(targets, dataset.num_classes)
-        check_num_negatives(int(nce_k), index.count)
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.alpha, self.beta, self.gamma, self.kd_t = float(alpha), float(beta), float(gamma), float(kd_t)
-        self.nce_k, self.nce_t, self.nce_m = int(nce_k), float(nce_t), float(nce_m)
-        self.feat_dim, self.fixed_z, self.num_data = int(feat_dim), bool(fixed_z), int(dataset.num_train)
+        check_num_negatives(int(opt.nce_k), index.count)
+        super().__init__(backbone, num_classes, num_peers, share, **options)
+        self.alpha, self.beta, self.gamma, self.kd_t = float(opt.alpha), float(opt.beta), float(opt.gamma), float(opt.kd_t)
+        self.nce_k, self.nce_t, self.nce_m = int(opt.nce_k), float(opt.nce_t), float(opt.nce_m)
+        self.feat_dim, self.fixed_z, self.num_data = int(opt.feat_dim), bool(opt.fixed_z), int(dataset.num_train)
         self.embed = nn.ModuleList(nn.Linear(self.cohort.feature_dim, self.feat_dim) for _ in range(num_peers))
         self.register_buffer("memory", _init_banks(num_peers, self.num_data, self.feat_dim))
         if self.fixed_z:
@@ -123,9 +129,7 @@ class MCLOKD(OKDMethod):
     def forward(self, images: torch.Tensor) -> CohortOutput:
         """Cohort + embedding heads (inside forward, so DDP sees the heads); embeddings [N, B, D] in extras."""
         output = self.cohort(images)
-        output.extras["embeddings"] = torch.stack(
-            [l2_normalise(head(torch.flatten(f, 1)).float()) for head, f in zip(self.embed, output.features)]
-        )
+        output.extras["embeddings"] = embed(self.embed, output.features)
         return output
 
     def losses(self, output: CohortOutput, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:

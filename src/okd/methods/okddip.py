@@ -1,5 +1,5 @@
 """OKDDip, Online Knowledge Distillation with Diverse Peers (Chen et al., AAAI 2020), as the
-reference runs it (reference-spec §4.6).
+reference runs it (docs/reference-spec.md §4.6).
 
 The N branches (``share="late"``) are N-1 auxiliary peers (0..N-2) and one group leader (N-1),
 which is the network a user deploys. Each peer distils from its own attention-weighted mix of
@@ -8,12 +8,15 @@ the peers' logits, which keeps the peers diverse; the leader distils from the pe
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from okd.data.batch import Batch
 from okd.losses.distill import attention_targets, kl_div_t, kl_to_targets, rampup_weight, sum_cross_entropy
 from okd.methods.base import OKDMethod
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -32,19 +35,14 @@ class OKDDip(OKDMethod):
     name = "okddip"
     default_share = "late"
     allowed_shares = ("late",)
+    options = (
+        temperature(3.0),
+        Option("rampup_epochs", int, 80, "epochs of the sigmoid ramp-up of the distillation weight", minimum=0),
+    )
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        kd_t: float = 3.0,
-        rampup_epochs: int = 80,
-    ) -> None:
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t = kd_t
-        self.rampup_epochs = rampup_epochs
+    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None, **options: Any) -> None:
+        super().__init__(backbone, num_classes, num_peers, share, **options)
+        self.kd_t, self.rampup_epochs = self.opt.kd_t, self.opt.rampup_epochs
         dim = self.cohort.feature_dim
         self.query = nn.Linear(dim, dim // 8, bias=False)
         self.key = nn.Linear(dim, dim // 8, bias=False)

@@ -8,6 +8,7 @@ the mean of the students' parameters and buffers, runs on one more view, and eve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -20,20 +21,11 @@ from okd.errors import OKDUserError
 from okd.losses.distill import sum_cross_entropy
 from okd.losses.okdph import fuse_, hybrid_tensors, okdph_distill
 from okd.methods.base import OKDMethod
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import Cohort, CohortOutput, create_backbone
 
 HYBRID_GRADS = ("code", "paper")
-
-# Declared once for the per-method options of the architecture refactor (name, type, default, help).
-options = (
-    ("kd_t", float, 4.0, "OKDPH: temperature of the distillation from the mean of all networks"),
-    ("omega", float, 0.8, "OKDPH: weight of each student's CE; the HWM's CE gets 1 - omega"),
-    ("beta", float, 0.8, "OKDPH: distillation weight"),
-    ("gamma", float, 0.5, "OKDPH: fusion ratio, student <- gamma HWM + (1 - gamma) student, in [0, 1]"),
-    ("fusion_interval", str, "1_epoch", "OKDPH: fuse every N batches or epochs ('5_batch', '1_epoch'; 'off')"),
-    ("hybrid_grad", str, "code", "OKDPH: code (the HWM's CE trains nothing, as the official code) | paper (it trains the students through the hybrid)"),
-)
 
 # The official OKDPH.sh commands for CIFAR-100 (omega, beta, gamma, interval) per backbone; other
 # backbones and datasets take the code's defaults above.
@@ -55,6 +47,13 @@ def parse_interval(text: str) -> tuple[int, str]:
     return int(count), level
 
 
+def _check_unit(flag: str, why: str) -> Callable[[float], None]:
+    def check(value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise OKDUserError(f"{flag} must be in [0, 1] ({why}), got {value}")
+    return check
+
+
 @register_method
 class OKDPH(OKDMethod):
     """L = sum_i [omega CE(z_i) + (1 - omega) CE(z_h) + beta KL_T(z_i || sg mean(z_1..z_N, z_h))].
@@ -71,27 +70,24 @@ class OKDPH(OKDMethod):
     allowed_shares = ("none",)
     min_peers = 2
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        kd_t: float = 4.0,
-        omega: float = 0.8,
-        beta: float = 0.8,
-        gamma: float = 0.5,
-        fusion_interval: str = "1_epoch",
-        hybrid_grad: str = "code",
-    ) -> None:
-        if not 0.0 <= omega <= 1.0:
-            raise OKDUserError(f"--omega must be in [0, 1] (OKDPH's CIFAR-100 ResNet-32 run uses 1.0), got {omega}")
-        if not 0.0 <= gamma <= 1.0:
-            raise OKDUserError(f"--gamma must be in [0, 1] for okdph (the fusion ratio), got {gamma}")
-        if hybrid_grad not in HYBRID_GRADS:
-            raise OKDUserError(f"--hybrid-grad must be code or paper, got {hybrid_grad!r}")
+    options = (
+        temperature(4.0, "temperature of the distillation from the mean of all networks"),
+        Option("omega", float, 0.8, "each student's CE weight; the hybrid's CE gets 1 - omega",
+               check=_check_unit("--omega", "OKDPH's CIFAR-100 ResNet-32 run uses 1.0")),
+        Option("beta", float, 0.8, "distillation weight", minimum=0.0, aliases=("-b",)),
+        Option("gamma", float, 0.5, "fusion ratio: student <- gamma hybrid + (1 - gamma) student",
+               check=_check_unit("--gamma", "for okdph, the fusion ratio")),
+        Option("fusion_interval", str, "1_epoch", "fuse the students towards the hybrid every N batches or epochs: "
+               "5_batch, 1_epoch or off", check=lambda text: parse_interval(text) and None),
+        Option("hybrid_grad", str, "code", "code: the hybrid's CE trains nothing, as the official code; paper: it "
+               "trains the students through the hybrid's parameters", choices=HYBRID_GRADS),
+    )
+
+    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None, **options: Any) -> None:
+        super().__init__(backbone, num_classes, num_peers, share, **options)
+        kd_t, omega, beta, gamma = self.opt.kd_t, self.opt.omega, self.opt.beta, self.opt.gamma
+        fusion_interval, hybrid_grad = self.opt.fusion_interval, self.opt.hybrid_grad
         self.fuse_every, self.fuse_level = parse_interval(fusion_interval)
-        super().__init__(backbone, num_classes, num_peers, share)
         self.kd_t, self.omega, self.beta, self.gamma, self.hybrid_grad = kd_t, omega, beta, gamma, hybrid_grad
         first = self.cohort.branches[0].state_dict()
         for branch in self.cohort.branches[1:]:  # the code's default: every student starts from student 0's weights

@@ -1,5 +1,5 @@
 """ONE, On-the-fly Native Ensemble (Lan et al., NeurIPS 2018), as the reference runs it
-(reference-spec §4.5).
+(docs/reference-spec.md §4.5).
 
 The peers share everything but the last stage (``share="late"``). A gate reads the pooled trunk
 output and weights the peers per sample; the gated logit z_e is the online teacher and the
@@ -8,6 +8,8 @@ ensemble. The gate runs in ``forward`` so DDP sees its parameters in the graph.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,7 @@ from torch import nn
 from okd.data.batch import Batch
 from okd.losses.distill import kl_to_targets, sum_cross_entropy
 from okd.methods.base import OKDMethod
+from okd.methods.options import temperature
 from okd.methods.registry import register_method
 from okd.models import Cohort, CohortOutput
 
@@ -57,12 +60,11 @@ class ONE(OKDMethod):
     name = "one"
     default_share = "late"
     allowed_shares = ("late",)
+    options = (temperature(3.0),)
 
-    def __init__(
-        self, backbone: str, num_classes: int, num_peers: int, share: str | None = None, kd_t: float = 3.0
-    ) -> None:
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t = kd_t
+    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None, **options: Any) -> None:
+        super().__init__(backbone, num_classes, num_peers, share, **options)
+        self.kd_t = self.opt.kd_t
         self.gate = nn.Sequential(
             nn.Linear(_trunk_channels(self.cohort), num_peers),
             nn.BatchNorm1d(num_peers),

@@ -9,17 +9,18 @@ evaluates and deploys.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from okd.data.batch import Batch
-from okd.engine.ema import ema_update_
-from okd.errors import OKDUserError
+from okd.common.ema import ema_update_
 from okd.losses.distill import sum_cross_entropy
 from okd.losses.pcl import RAMPUP_MODES, pcl_rampup, peer_ensemble_kl, peer_mean_kl
 from okd.methods.base import OKDMethod
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -39,27 +40,24 @@ class PCL(OKDMethod):
     default_share = "late"
     allowed_shares = ("late", "early", "none")
     min_peers = 2
+    options = (
+        temperature(3.0),
+        Option("rampup_epochs", int, 80, "epochs of the consistency ramp-up", minimum=0),
+        Option("pcl_rampup", str, "intended", "intended, or reimpl: the public re-implementation's ramp-up bug (KD off "
+               "for epochs 2-80; only to reproduce its numbers)", choices=tuple(RAMPUP_MODES)),
+        Option("ema_decay", float, 0.999, "decay bound of the EMA peers (the peer mean teachers)", minimum=0.0, maximum=1.0,
+               exclusive_maximum=True),
+    )
 
-    def __init__(
-        self,
-        backbone: str,
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        kd_t: float = 3.0,
-        rampup_epochs: int = 80,
-        pcl_rampup: str = "intended",
-        ema_decay: float = 0.999,
-    ) -> None:
-        if pcl_rampup not in RAMPUP_MODES:
-            raise OKDUserError(f"--pcl-rampup must be {' or '.join(RAMPUP_MODES)}, got {pcl_rampup!r}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise OKDUserError(f"--ema-decay must be in [0, 1) (PCL uses 0.999), got {ema_decay}")
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t = kd_t
-        self.rampup_epochs = rampup_epochs
-        self.rampup_mode = pcl_rampup
-        self.ema_decay = ema_decay
+    @classmethod
+    def recipe(cls, dataset: str, backbones: list[str]) -> dict[str, Any]:
+        """The paper's cohort of 3 peers (or one per backbone given)."""
+        return {"num_peers": len(backbones) if len(backbones) > 1 else 3}
+
+    def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None, **options: Any) -> None:
+        super().__init__(backbone, num_classes, num_peers, share, **options)
+        self.kd_t, self.rampup_epochs = self.opt.kd_t, self.opt.rampup_epochs
+        self.rampup_mode, self.ema_decay = self.opt.pcl_rampup, self.opt.ema_decay
         self.fuse = nn.Linear(num_peers * self.cohort.feature_dim, num_classes)
         self.shadow = nn.ModuleDict({"cohort": copy.deepcopy(self.cohort), "fuse": copy.deepcopy(self.fuse)})
         self.shadow.requires_grad_(False)

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from okd.errors import OKDUserError
+from okd.methods.base import REGISTRY as _METHODS
+from okd.methods.options import Option
 from okd.methods.base import DatasetInfo, OKDMethod
 from okd.models.registry import parse_arch
-
-_METHODS: dict[str, type[OKDMethod]] = {}
 
 # Reference prefixes of --arch, longest first so "mcl_okd_" wins over shorter ones.
 ARCH_PREFIXES = {"mcl_okd_": "mcl_okd", "cl_ilr_": "cl_ilr", "okddip_": "okddip", "dml_": "dml", "one_": "one"}
@@ -20,8 +20,8 @@ METHOD_ALIASES = {"mcl-okd": "mcl_okd", "mclokd": "mcl_okd", "cl-ilr": "cl_ilr",
 def register_method(cls: type[OKDMethod]) -> type[OKDMethod]:
     """Class decorator: make an :class:`OKDMethod` subclass trainable as ``--method <cls.name>``.
 
-    The class sets ``name`` (and may set ``default_share``, ``allowed_shares``, ``min_peers``) and
-    implements ``losses``; its ``__init__`` receives the okd options it names (``kd_t``, ``alpha``, ...).
+    The class sets ``name`` (and may set ``default_share``, ``allowed_shares``, ``min_peers``), declares
+    its ``options`` and implements ``losses``; its ``__init__`` receives the values of those options.
     A user's method lives in a plugin module (README: "Your own model and data").
     """
     if not cls.name or cls.name in _METHODS:
@@ -69,7 +69,8 @@ def build_method(
     dataset: DatasetInfo | None = None,
     **options: Any,
 ) -> OKDMethod:
-    """Build a method; ``options`` may hold every method's knobs, each method takes the ones it declares.
+    """Build a method; ``options`` may hold every method's knobs, each method takes the ones it declares
+    (``None``: the method's default).
 
     ``backbone``: one name for every peer, or one per peer (a list, or names joined by commas).
     """
@@ -81,7 +82,18 @@ def build_method(
             f"method {cls.name!r} does not support --share {share!r}; choose one of {', '.join(cls.allowed_shares)}"
         )
     accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+    declared = {option.name for option in cls.declared_options()}
+    kwargs = {k: v for k, v in options.items() if k in declared and v is not None}
     if "dataset" in accepted:
         kwargs["dataset"] = dataset
     return cls(backbone=backbone, num_classes=num_classes, num_peers=num_peers, share=share, **kwargs)
+
+
+def all_options() -> dict[str, Option]:
+    """Every registered method's options by name (the first declaration of a shared name): what the
+    command line offers before it knows the method, and the names a config file may use."""
+    found: dict[str, Option] = {}
+    for cls in _METHODS.values():
+        for option in cls.declared_options():
+            found.setdefault(option.name, option)
+    return found

@@ -20,16 +20,9 @@ from okd.data.batch import Batch
 from okd.errors import OKDUserError
 from okd.losses.switokd import THRESHOLD_RANGE, expert_mode, switch_sums, switokd_kl
 from okd.methods.base import OKDMethod
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
-
-# Declared once for the per-method options of the architecture refactor (name, type, default, help).
-options = (
-    ("kd_t", float, 1.0, "SwitOKD: temperature of the mutual KL and of the gap (the code uses 1)"),
-    ("switch_threshold", str, "adaptive", "SwitOKD: adaptive (the paper's delta) or a fixed gap threshold in [0, 2]"),
-    ("student_lr_scale", float, 1.0, "SwitOKD: the student's learning rate as a multiple of --lr (CIFAR-100 code: 0.1)"),
-)
-
 
 def parse_threshold(value: str | float) -> float | None:
     """'adaptive' -> None; a number in [0, 2] -> itself; anything else is a user error."""
@@ -44,6 +37,11 @@ def parse_threshold(value: str | float) -> float | None:
         raise OKDUserError(f"--switch-threshold must be 'adaptive' or a number in [{low:g}, {high:g}] "
                            f"(an L1 distance between two distributions), got {value!r}")
     return number
+
+
+def _check_lr_scale(value: float) -> None:
+    if not value > 0:
+        raise OKDUserError(f"--student-lr-scale must be > 0 (SwitOKD's CIFAR-100 code uses 0.1), got {value}")
 
 
 @register_method
@@ -62,25 +60,23 @@ class SwitOKD(OKDMethod):
     min_peers = 2
     supports_heterogeneous = True
 
-    def __init__(
-        self,
-        backbone: str | Sequence[str],
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        kd_t: float = 1.0,
-        switch_threshold: str = "adaptive",
-        student_lr_scale: float = 1.0,
-    ) -> None:
+    options = (
+        temperature(1.0, "temperature of the mutual KL terms and of the gap (the code uses 1)"),
+        Option("switch_threshold", str, "adaptive", "adaptive (the paper's delta) or a fixed gap threshold in [0, 2]",
+               check=lambda value: parse_threshold(value) and None),
+        Option("student_lr_scale", float, 1.0, "the student's learning rate as a multiple of --lr (CIFAR-100 recipe: "
+               "0.1, as its code)", check=_check_lr_scale),
+    )
+
+    def __init__(self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None,
+                 **options: Any) -> None:
         if num_peers != 2:
             raise OKDUserError(f"method 'switokd' trains one teacher and one student, got --num-peers {num_peers}: "
                                "give --arch TEACHER,STUDENT (or one backbone and --num-peers 2)")
-        self.threshold = parse_threshold(switch_threshold)
-        if not student_lr_scale > 0:
-            raise OKDUserError(f"--student-lr-scale must be > 0 (SwitOKD's CIFAR-100 code uses 0.1), got {student_lr_scale}")
-        self.student_lr_scale = student_lr_scale
-        super().__init__(backbone, num_classes, num_peers, share)
-        self.kd_t = kd_t
+        super().__init__(backbone, num_classes, num_peers, share, **options)
+        self.threshold = parse_threshold(self.opt.switch_threshold)
+        self.student_lr_scale = self.opt.student_lr_scale
+        self.kd_t = self.opt.kd_t
         self.expert = False  # the mode of the step being taken
         # steps taken and steps in expert mode: checkpointed, for the docs' "how often the teacher paused"
         self.register_buffer("mode_steps", torch.zeros(2, dtype=torch.long))

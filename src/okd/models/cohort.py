@@ -1,6 +1,6 @@
 """Generic cohort: a shared trunk plus N per-peer branches cut from any backbone's stage list.
 
-Share modes (reference-spec §4.1):
+Share modes (docs/reference-spec.md §4.1):
 - ``none``:  N independent networks (the DML paper's setting; also the single-network baseline),
 - ``early``: stages before ``spec.early`` shared (DML, MCL-OKD),
 - ``late``:  stages before ``spec.late`` shared (ONE, OKDDip),

@@ -1,6 +1,6 @@
 """DenseNet-40-12 as the reference defines it: DenseNet-BC, growth 12, 3 blocks of 6 bottleneck layers.
 
-(reference-spec §3.3: stem conv 3->24 with no BN/pool after it, compression 0.5, 188,092 params.)
+(docs/reference-spec.md §3.3: stem conv 3->24 with no BN/pool after it, compression 0.5, 188,092 params.)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""HCGNet-A1 as the reference defines it (reference-spec §3.5): 1,102,651 params, 0.155 GMac.
+"""HCGNet-A1 as the reference defines it (docs/reference-spec.md §3.5): 1,102,651 params, 0.155 GMac.
 
 Hybrid blocks densely concatenate SMG modules (global dense connectivity); inside each SMG a
 forget gate rescales the bottleneck output channel-wise and an update gate adds a per-channel

@@ -1,6 +1,6 @@
 """ResNets: CIFAR ResNet-32 (BasicBlock 5-5-5), ResNet-110 (Bottleneck 12-12-12), ImageNet ResNet-34.
 
-Exactly the reference's definitions (reference-spec §3.1, §3.2, §3.6): post-activation blocks,
+Exactly the reference's definitions (docs/reference-spec.md §3.1, §3.2, §3.6): post-activation blocks,
 projection shortcut (conv1x1 + BN) wherever the shape changes, kaiming fan_out init, Linear left
 at PyTorch's default.
 """

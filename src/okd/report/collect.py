@@ -114,7 +114,13 @@ def read_run(folder: Path) -> tuple[RunRecord | None, str]:
         return None, f"unfinished ({done}/{total} epochs)"
     if not summary.get("last"):
         return None, f"{SUMMARY} has no test results"
-    return RunRecord(folder, summary), ""
+    run = RunRecord(folder, summary)
+    try:  # everything the tables read, read once here: a damaged value skips the run, never the report
+        _ = (run.method, run.arch, run.dataset, run.seed, run.variant, run.deployed_head, dict(run.config),
+             run.heads("last"), run.heads("best"), int(summary.get("num_peers") or 0))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        return None, f"malformed {SUMMARY} ({exc.__class__.__name__}: {str(exc)[:80]})"
+    return run, ""
 
 
 def collect_runs(paths: list[str | Path]) -> Collection:

@@ -14,6 +14,8 @@ is training-only, is not loaded, and is emptied before export (a check proves th
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from okd.data.preprocess import Preprocessing, preprocessing_for
-from okd.engine.checkpoint import TEMP_SUFFIX, temp_prefix
+from okd.engine.checkpoint import TEMP_SUFFIX, atomic_write_bytes, temp_prefix
 from okd.errors import OKDUserError
 
 FORMATS = ("state_dict", "torchscript", "onnx")
@@ -63,31 +65,33 @@ def _stand_in_dataset(num_classes: int, nce_k: int | None) -> Any:
     return DatasetInfo(num_train=targets.numel(), num_classes=num_classes, train_targets=targets)
 
 
-def load_method(path: str | Path) -> Loaded:
-    """The trained method of a checkpoint, on the CPU in eval mode, without touching the dataset."""
+def load_method(path: str | Path, plugins: list[str] | None = None) -> Loaded:
+    """The trained method of a checkpoint, on the CPU in eval mode, without touching the dataset.
+
+    The run's plugins are imported only if ``plugins`` (the user's) names them: a checkpoint never runs code.
+    """
     from okd.engine.checkpoint import load_checkpoint
-    from okd.engine.config import METHOD_OPTIONS, config_from_mapping
+    from okd.engine.config import config_from_mapping
     from okd.engine.trainer import backbone_options_of
     from okd.methods import build_method
     from okd.models import backbone_options
-    from okd.plugins import import_plugins
+    from okd.plugins import allow_saved_plugins
 
     from okd.engine.checkpoint_path import resolve_checkpoint
 
     path = resolve_checkpoint(path)[0]  # a run folder: its best.pt
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
-    import_plugins(cfg.plugins)  # the user's backbones/methods the run was trained with
+    allow_saved_plugins(cfg.plugins, plugins, f"checkpoint {path}")  # the user's backbones/methods the run was trained with
     weights: dict[str, torch.Tensor] = state["model"]
     classifier = [k for k in weights if k.startswith(_CLASSIFIER_STAGE) and k.endswith("weight") and weights[k].dim() == 2]
     if len(classifier) != 1:
         raise OKDUserError(f"{path}: no classifier weight under {_CLASSIFIER_STAGE!r} in the checkpoint's model")
     num_classes = int(weights[classifier[0]].shape[0])
-    options = {name: getattr(cfg, name) for name in METHOD_OPTIONS}
     torch.manual_seed(0)  # the weights are overwritten; keep construction deterministic anyway
     with backbone_options(backbone_options_of(cfg, pretrained=False)):  # same branch points; weights from the file
         method = build_method(cfg.method, cfg.arch, num_classes, int(cfg.num_peers or 1), cfg.share,
-                              dataset=_stand_in_dataset(num_classes, cfg.nce_k), **options)
+                              dataset=_stand_in_dataset(num_classes, cfg.nce_k), **cfg.method_options)
     _load_weights(method, weights, path)
     method.eval()
     return Loaded(method, cfg, int(state.get("epoch", 0)), num_classes, Path(path), saved_class_names(state, num_classes))
@@ -237,14 +241,14 @@ class ExportResult:
     tolerance: float  # the largest max_abs_diff accepted for this format and logit scale
 
 
-def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Path) -> ExportResult:
+def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Path, plugins: list[str] | None = None) -> ExportResult:
     """Write one peer or the ensemble in ``fmt`` to a temporary file, re-run that file, and move it to ``out``
     only if its logits match the checkpoint's (``TOLERANCE``); otherwise nothing is left behind."""
     if fmt not in FORMATS:
         raise OKDUserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if peer == "ensemble" and fmt == "state_dict":
         raise OKDUserError("--peer ensemble needs --format torchscript or onnx: a plain state dict holds one network")
-    loaded = load_method(checkpoint)
+    loaded = load_method(checkpoint, plugins)
     index = peer_index(loaded.method, peer)
     size = loaded.input_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -267,11 +271,13 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
         raise OKDUserError(f"--out {out} is a folder; give a file name (e.g. {out / 'model.pt'})")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name), suffix=TEMP_SUFFIX, dir=out.parent)
+        if fmt == "state_dict":
+            _check_sidecar_fits(out)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(out.name, out.parent), suffix=TEMP_SUFFIX, dir=out.parent)
         os.close(fd)
         os.chmod(name, 0o666 & ~_umask())  # mkstemp's 0600 would otherwise become the exported file's mode
     except OSError as exc:
-        raise OKDUserError(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise _cannot_write(out, exc) from None
     from okd.report import export_formats
 
     writer, runner = {"state_dict": (export_formats.save_state_dict, export_formats.run_state_dict),
@@ -282,7 +288,9 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     tolerance = TOLERANCE[fmt] * max(1.0, scale)
     temp = Path(name)
     try:
-        writer(net, example, meta, temp)
+        buffer = io.BytesIO()
+        writer(net, example, meta, buffer)
+        _write_file(temp, buffer.getvalue(), out)
         produced, single = runner(temp, example), runner(temp, example[:1])  # two batch sizes: the batch is dynamic
         diff = None if produced is None or single is None else max(_difference(produced, reference), _difference(single, reference_one))
         if diff is not None and not diff <= tolerance:  # `not <=`: a NaN difference fails too
@@ -291,13 +299,41 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
                 f"allowed {tolerance:.3g} (logits up to {scale:.3g}); {out} was not written")
         try:
             if fmt == "state_dict":  # the deployer's copy of the metadata, readable without torch
-                sidecar(out).write_text(json.dumps(meta, indent=2) + "\n")
+                atomic_write_bytes(sidecar(out), (json.dumps(meta, indent=2) + "\n").encode())
             os.replace(temp, out)
         except OSError as exc:
-            raise OKDUserError(f"cannot write {out}: {exc.strerror or exc}") from None
+            raise _cannot_write(out, exc) from None
     finally:
         temp.unlink(missing_ok=True)
     return ExportResult(out, meta, diff, scale, tolerance)
+
+
+def _write_file(temp: Path, data: bytes, out: Path) -> None:
+    """``data`` to ``temp`` (synced); a failure, such as a full disk, is one line saying how to retry."""
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise _cannot_write(out, exc) from None
+
+
+def _cannot_write(out: Path, exc: OSError) -> OKDUserError:
+    fix = "free space on its disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "make its folder writable"
+    return OKDUserError(f"cannot write {out}: {exc.strerror or exc}; nothing was written: {fix}, then rerun the same command")
+
+
+def _check_sidecar_fits(out: Path) -> None:
+    """A state dict's metadata goes beside it as NAME.json: refuse, before any work, a name with no room for that."""
+    try:
+        limit = int(os.pathconf(out.parent, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        limit = 255
+    over = len(os.fsencode(sidecar(out).name)) - limit
+    if over > 0:
+        raise OKDUserError(f"--out {out.name[:40]}…: its metadata file {sidecar(out).name[:20]}….json would pass this file "
+                           f"system's {limit}-byte name limit; shorten the name by {over} bytes")
 
 
 def sidecar(out: Path) -> Path:

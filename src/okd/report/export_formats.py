@@ -1,31 +1,29 @@
-"""Writers and readers of the three export formats; each reader re-runs the file for the export check."""
+"""Writers and readers of the three export formats; each reader re-runs the file for the export check.
+
+Writers serialise into memory (``out`` is a binary buffer): the caller writes the bytes to disk with
+Python's own file calls, because torch's native writers abort the whole process on a full disk.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
 
 from okd.errors import OKDUserError
 
-EXPORT_HINT = "pip install 'okd[export]'"
-
-
-def _write_error(out: Path, exc: OSError) -> OKDUserError:
-    return OKDUserError(f"cannot write {out}: {exc.strerror or exc}")
+EXPORT_HINT = "pip install 'okd-torch[export]'"
 
 
 # -- state dict: tensors + plain metadata, opened with weights_only=True ---------------------------
-def save_state_dict(net: nn.Module, _example: torch.Tensor, meta: dict[str, Any], out: Path) -> None:
+def save_state_dict(net: nn.Module, _example: torch.Tensor, meta: dict[str, Any], out: BinaryIO) -> None:
     state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    try:
-        torch.save({"state_dict": state, "meta": meta}, out)
-    except OSError as exc:
-        raise _write_error(out, exc) from None
+    torch.save({"state_dict": state, "meta": meta}, out)
 
 
 def load_state_dict_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -52,14 +50,11 @@ def run_state_dict(path: Path, example: torch.Tensor) -> torch.Tensor:
 
 
 # -- TorchScript: a traced graph that runs without okd -------------------------------------------
-def save_torchscript(net: nn.Module, example: torch.Tensor, meta: dict[str, Any], out: Path) -> None:
+def save_torchscript(net: nn.Module, example: torch.Tensor, meta: dict[str, Any], out: BinaryIO) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
         traced = torch.jit.trace(net.eval(), example, check_trace=False)
-        try:
-            torch.jit.save(traced, str(out), _extra_files={"okd.json": json.dumps(meta)})
-        except (OSError, RuntimeError) as exc:
-            raise OKDUserError(f"cannot write {out}: {exc}") from None
+        torch.jit.save(traced, out, _extra_files={"okd.json": json.dumps(meta)})
 
 
 @torch.no_grad()
@@ -79,13 +74,14 @@ def _need(module: str) -> Any:
         raise OKDUserError(f"ONNX export needs the {module} package: {EXPORT_HINT}") from None
 
 
-def _onnx_legacy(net: nn.Module, example: torch.Tensor, out: Path) -> Any:
+def _onnx_legacy(net: nn.Module, example: torch.Tensor) -> Any:
     """torch's TorchScript-based exporter: ~30x faster than the dynamo one on these CNNs, needs only onnx."""
     import onnx
 
-    torch.onnx.export(net, (example,), str(out), input_names=["images"], output_names=["logits"], dynamo=False,
+    scratch = io.BytesIO()
+    torch.onnx.export(net, (example,), scratch, input_names=["images"], output_names=["logits"], dynamo=False,
                       dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    return onnx.load(str(out))
+    return onnx.load_model_from_string(scratch.getvalue())
 
 
 def _onnx_dynamo(net: nn.Module, example: torch.Tensor) -> Any:
@@ -98,16 +94,14 @@ def _onnx_dynamo(net: nn.Module, example: torch.Tensor) -> Any:
     return program.model_proto
 
 
-def save_onnx(net: nn.Module, example: torch.Tensor, meta: dict[str, Any], out: Path) -> None:
+def save_onnx(net: nn.Module, example: torch.Tensor, meta: dict[str, Any], out: BinaryIO) -> None:
     """ONNX with a dynamic batch dimension; the okd metadata goes into the model's metadata_props."""
     onnx = _need("onnx")
     net = net.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = _onnx_legacy(net, example, out)
-        except OSError as exc:
-            raise _write_error(out, exc) from None
+            model = _onnx_legacy(net, example)
         except Exception:  # noqa: BLE001  (removed in this torch, or an op it cannot trace)
             try:
                 model = _onnx_dynamo(net, example)
@@ -119,9 +113,9 @@ def save_onnx(net: nn.Module, example: torch.Tensor, meta: dict[str, Any], out: 
         entry = model.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
     try:
-        onnx.save(model, str(out))
-    except (OSError, ValueError) as exc:
-        raise OKDUserError(f"cannot write {out}: {exc}") from None
+        out.write(model.SerializeToString())
+    except ValueError as exc:  # a model over protobuf's 2 GiB limit
+        raise OKDUserError(f"cannot serialise the ONNX model: {exc}") from None
 
 
 def run_onnx(path: Path, example: torch.Tensor) -> torch.Tensor | None:

@@ -19,7 +19,7 @@ def require_matplotlib() -> None:
         import matplotlib.backends.backend_agg  # noqa: F401
         import matplotlib.figure  # noqa: F401
     except ImportError:
-        raise OKDUserError("plotting needs matplotlib: pip install 'okd[plot]'") from None
+        raise OKDUserError("plotting needs matplotlib: pip install 'okd-torch[plot]'") from None
 
 
 def figure(width: float, height: float) -> Any:

@@ -34,11 +34,12 @@ class Predictor:
     source: str  # what was loaded, for messages
 
 
-def from_checkpoint(checkpoint: str | Path, peer: str = "deployed") -> Predictor:
-    """The deployed peer (or ``peer``: an index, or ``ensemble``) of a checkpoint or run folder."""
+def from_checkpoint(checkpoint: str | Path, peer: str = "deployed", plugins: list[str] | None = None) -> Predictor:
+    """The deployed peer (or ``peer``: an index, or ``ensemble``) of a checkpoint or run folder; the run's
+    plugins are imported only where ``plugins`` (the user's) names them."""
     from okd.report.export import EnsembleNet, load_method, peer_index, peer_network
 
-    loaded = load_method(checkpoint)
+    loaded = load_method(checkpoint, plugins)
     index = peer_index(loaded.method, peer)
     net = EnsembleNet(loaded.method).eval() if index is None else peer_network(loaded.method, index, loaded.num_classes)
     return Predictor(net, loaded.preprocessing, loaded.class_names, str(loaded.path))
@@ -84,7 +85,7 @@ def _onnx(path: Path) -> Predictor:
         import onnxruntime as ort
     except ImportError:
         raise OKDUserError(f"{path} is not a PyTorch file, and running an ONNX model needs onnxruntime: "
-                           "pip install 'okd[export]'") from None
+                           "pip install 'okd-torch[export]'") from None
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own exception types)

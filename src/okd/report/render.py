@@ -11,7 +11,7 @@ import io
 import json
 from typing import Any
 
-from okd.cli.tables import format_table
+from okd.common.tables import format_table
 from okd.report.paper import METHOD_NAMES, PAPER_DATASET, dataset_name
 from okd.report.collect import RunRecord
 from okd.report.tables import Cell, Column, Stat, Table

@@ -9,15 +9,14 @@ and written into each command, so a later change of a default cannot change what
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from okd.errors import OKDUserError
 from okd.report.paper import CIFAR_ROWS, IMAGENET_ROWS, SUCCESSOR_METHODS, published_peers, successor_cells
@@ -59,22 +58,48 @@ RECIPE_FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr"
                 "num_peers": "--num-peers", "nce_k": "--nce-k"}
 
 
-@lru_cache(maxsize=1)
-def _train_parser() -> argparse.ArgumentParser:
-    from okd.cli.main import build_parser
+# okd train's flags that name the run folder and its handling, not what is computed
+RUN_FLAGS = {"--out", "--resume", "-r", "--overwrite", "--quiet", "--config"}
 
-    return build_parser()
+
+def _is_flag(token: str) -> bool:
+    return token.startswith("--") or (len(token) == 2 and token[0] == "-" and token[1].isalpha())
+
+
+def train_options(argv: Sequence[str]) -> dict[str, Any]:
+    """The options an ``okd train`` argument list gives, by name: ``--name value`` (several values for
+    a list), ``--name`` (on), ``--no-name`` (off); every spelling the options declare is understood."""
+    from okd.engine.config import normalise_key
+    from okd.methods import all_options
+
+    short = {flag: o.name for o in all_options().values() for flag in o.aliases if not flag.startswith("--")}
+    options: dict[str, Any] = {}
+    i = 1 if argv[:1] == ["train"] else 0
+    while i < len(argv):
+        flag, i = argv[i], i + 1
+        if not _is_flag(flag):
+            raise OKDUserError(f"not a valid okd train command: {shlex.join(argv)} ({flag!r} is not a flag)")
+        values = []
+        while i < len(argv) and not _is_flag(argv[i]):
+            values.append(argv[i])
+            i += 1
+        if flag in RUN_FLAGS:
+            continue
+        if flag.startswith("--no-") and not values:
+            options[normalise_key(flag[5:])] = False
+        elif flag in ("--gpu", "--gpu-id"):
+            options["device"] = f"cuda:{values[0] if values else ''}"
+        else:
+            options[short.get(flag) or normalise_key(flag[2:])] = values[0] if len(values) == 1 else (values or True)
+    return options
 
 
 def recipe_flags(train_argv: Sequence[str]) -> list[str]:
     """The flags that pin the recipe values ``okd train train_argv`` would fill in (none for values it sets)."""
-    from okd.cli.train import config_from_args
+    from okd.engine.options import given_config
     from okd.engine.recipe import resolve_config
 
-    try:
-        given = config_from_args(_train_parser().parse_args(list(train_argv)))
-    except SystemExit:  # argparse already printed why
-        raise OKDUserError(f"not a valid okd train command: {shlex.join(train_argv)}") from None
+    given = given_config(train_options(list(train_argv)))
     # where the data lies does not change the recipe; a missing --data is okd train's error to report
     resolved = resolve_config(replace(given, data=given.data or "DATA"))
     flags = []

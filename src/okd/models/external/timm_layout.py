@@ -15,7 +15,7 @@ from torch import nn
 from okd.errors import OKDUserError
 from okd.models.external.stages import NOT_SEQUENTIAL, LibraryLayout, refuse
 
-INSTALL_HINT = "pip install 'okd[timm]' (or pip install timm)"
+INSTALL_HINT = "pip install 'okd-torch[timm]' (or pip install timm)"
 
 
 def import_timm() -> Any:

@@ -1,4 +1,4 @@
-"""Plain-text tables shared by the CLI's subcommands."""
+"""Plain-text tables shared by the CLI and the reports."""
 
 from __future__ import annotations
 
