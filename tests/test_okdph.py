@@ -174,7 +174,7 @@ def test_cli_export_of_the_deployed_student_reproduces_its_logits(tmp_path: Path
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--gamma", "1.5"], "--gamma must be in [0, 1] for okdph"),
+    (["--gamma", "1.5"], "--gamma must be in [0, 1] (for okdph, the fusion ratio)"),
     (["--omega", "-0.1"], "--omega must be in [0, 1]"),
     (["--fusion-interval", "3_steps"], "--fusion-interval must look like 5_batch or 1_epoch"),
     (["--arch", "resnet32,resnet110"], "cannot train peers of different backbones"),

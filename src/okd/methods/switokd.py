@@ -85,7 +85,8 @@ class SwitOKD(OKDMethod):
     def recipe(cls, dataset: str, backbones: list[str]) -> dict[str, Any]:
         """A teacher and a student (also when one backbone is given for both); on CIFAR-100 the code's
         student learning rate, 0.01 beside the teacher's 0.1."""
-        return {"num_peers": 2, **({"student_lr_scale": 0.1} if dataset == "cifar100" else {})}
+        peers = len(backbones) if len(backbones) > 1 else 2  # a wrong count is refused with SwitOKD's own message
+        return {"num_peers": peers, **({"student_lr_scale": 0.1} if dataset == "cifar100" else {})}
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         teacher = [*self.cohort.trunk.parameters(), *self.cohort.branches[0].parameters()]
