@@ -57,7 +57,8 @@ from bench_common import reset_hwm, status_kib, sync, wait_for_idle  # noqa: E40
 from okd.errors import OKDUserError  # noqa: E402
 
 ORIGINAL_METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
-METHODS = (*ORIGINAL_METHODS, "kdcl", "pcl", "mcl", "lmcl")
+METHODS = (*ORIGINAL_METHODS, "kdcl", "pcl", "mcl", "lmcl", "okdph", "switokd")
+FIXED_PEERS = {"baseline": 1, "switokd": 2}  # methods whose cohort size is fixed (SwitOKD: a teacher and a student)
 
 # Figures quoted by issue 8 for the original implementation "on a 2-core machine" (torch 2.14, batch
 # 64, resnet32, 4 peers). Printed for orientation only: the speed-up column compares with the
@@ -100,7 +101,7 @@ def build_case(
         TrainConfig(
             method=method,
             arch=arch,
-            num_peers=1 if method == "baseline" else num_peers,
+            num_peers=FIXED_PEERS.get(method, num_peers),
             share=share,
             synthetic_size=image_size,
             dataset="synthetic",
@@ -122,7 +123,7 @@ def build_case(
     dev = resolve_device(cfg.device)
     spec, train_loader, eval_loader, model = build_for_config(cfg, dev, okd_dist.DistInfo())
     optimizer = make_optimizer(
-        model.trainable_parameters(), dev, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.wd, impl=cfg.sgd_impl
+        model.parameter_groups(), dev, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.wd, impl=cfg.sgd_impl
     )
     forward = torch.compile(model) if cfg.compile else model
     return {"cfg": cfg, "device": dev, "spec": spec, "train_loader": train_loader, "eval_loader": eval_loader,
@@ -349,7 +350,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"methods to time (default: all: {' '.join(METHODS)})")
     parser.add_argument("--archs", nargs="+", default=["resnet32"], help="backbones (default resnet32)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch for every method (default: each method's CIFAR-100 recipe batch: 128, MCL-OKD 64)")
-    parser.add_argument("--num-peers", type=int, default=4, help="peers of the OKD methods (baseline: always 1; default 4)")
+    parser.add_argument("--num-peers", type=int, default=4, help="peers of the OKD methods (baseline: always 1, switokd 2; default 4)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per case (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")

@@ -20,7 +20,7 @@ from okd.cli.main import main
 from okd.methods import build_method
 from okd.models import Cohort, count_params, create_backbone
 
-METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd", "kdcl", "pcl", "mcl", "lmcl")
+METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd", "kdcl", "pcl", "mcl", "lmcl", "okdph", "switokd")
 BACKBONES = ("resnet32", "resnet110", "densenet40_12", "vgg16", "hcgnet_a1")
 CLASSES, FEAT_DIM = 3, 128
 PEERS = {method: 1 if method == "baseline" else 2 for method in METHODS}
@@ -47,14 +47,17 @@ def expected_training_params(method: str, arch: str, num_peers: int) -> int:
     for 2 (early-shared otherwise) + a Linear(d,128)-ReLU-Linear(128,128) head per peer; L-MCL: independent
     peers, each with fresh copies of its stages from each branch point (early, late) on, and per head
     (H = branch points + 1) MCL's embedding head and a Linear(d, 128) of the weight network, plus a
-    Linear(H*d, d)-ReLU-Linear(d, H) aggregator per peer."""
+    Linear(H*d, d)-ReLU-Linear(d, H) aggregator per peer; OKDPH: independent students + one frozen
+    hybrid network; SwitOKD: an independent teacher and student."""
     with torch.device("meta"):
         d = create_backbone(arch, CLASSES).feature_dim
         cohort = lambda share: count_params(Cohort(lambda: create_backbone(arch, CLASSES), num_peers, share))  # noqa: E731
         if method == "mcl_okd":
             return cohort("early") + num_peers * (d * FEAT_DIM + FEAT_DIM)
-        if method == "kdcl":
+        if method in ("kdcl", "switokd"):
             return cohort("none")
+        if method == "okdph":
+            return cohort("none") + count_params(create_backbone(arch, CLASSES))
         if method == "pcl":
             return 2 * (cohort("late") + num_peers * d * CLASSES + CLASSES)
         if method == "mcl":
@@ -87,6 +90,8 @@ def check_run(out: Path, summary: dict, method: str, arch: str, num_peers: int) 
     heads = {f"peer{i}" for i in range(num_peers)} | {"peer_mean", "deployed", "ensemble"}
     if method == "pcl":  # its EMA peers (the deployed networks) and fused heads
         heads |= {f"ema{i}" for i in range(num_peers)} | {"fused", "ema_fused"}
+    if method == "okdph":  # its hybrid-weight network
+        heads |= {"hybrid"}
     if method == "lmcl":  # each peer's auxiliary heads (two branch points on every CIFAR backbone)
         heads |= {f"peer{i}_aux{k}" for i in range(num_peers) for k in range(2)}
     assert set(record["test"]) == heads

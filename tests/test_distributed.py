@@ -56,6 +56,8 @@ SINGLE_VS_DDP = {  # name: options; each compared single process vs 2 ranks with
     "okddip": ["--method", "okddip", "--num-peers", "3", "--epochs", "1"],
     "kdcl": ["--method", "kdcl", "--num-peers", "2", "--epochs", "1"],  # one augmented view per peer
     "pcl": ["--method", "pcl", "--num-peers", "2", "--epochs", "1"],  # views, fused head, EMA peers
+    "switokd": ["--method", "switokd", "--num-peers", "2", "--epochs", "2"],  # the switch decided on the global batch
+    "okdph": ["--method", "okdph", "--num-peers", "2", "--epochs", "2", "--fusion-interval", "1_batch"],  # hybrid, fusion
     # L-MCL without its in-batch contrast (weights 0): auxiliary heads, aggregators, KD, and a meta step
     # per epoch that must roll back exactly (SyncBN statistics included) and leave the weight network alike
     "lmcl": ["--method", "lmcl", "--epochs", "1", "--mcl-vcl", "0", "--mcl-icl", "0", "--mcl-soft-vcl", "0",

@@ -45,7 +45,7 @@ def sgd_kwargs(impl: str, device: torch.device) -> dict[str, bool]:
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter],
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
     device: torch.device,
     *,
     lr: float,
@@ -101,6 +101,8 @@ def train_step(
     finite = torch.isfinite(total)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    for param in method.held_parameters():
+        param.grad = None  # SGD skips it: no momentum or weight-decay step either
     if skip is not None and skip(finite):
         return StepResult(output, losses, total, finite, stepped=False)
     optimizer.step()

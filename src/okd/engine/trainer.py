@@ -350,7 +350,7 @@ class Trainer:
         self.ddp_model = model
         self.forward = torch.compile(model) if cfg.compile else model
         self.optimizer = make_optimizer(
-            self.method.trainable_parameters(), self.device, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            self.method.parameter_groups(), self.device, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
             weight_decay=cfg.wd, impl=cfg.sgd_impl,
         )
         self.start_epoch, self.start_step = 0, 0
@@ -445,8 +445,10 @@ class Trainer:
         cfg = self.cfg
         lr = learning_rate(epoch, cfg.lr, cfg.epochs, cfg.lr_schedule, cfg.milestones, cfg.lr_gamma)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.forward.train()
+        if start_step == 0:
+            self.method.start_epoch(epoch)
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         bad_terms: torch.Tensor | None = None  # which terms were non-finite at first_bad, kept on device
         began = time.perf_counter()
@@ -462,7 +464,7 @@ class Trainer:
                 break
             if epoch < (cfg.warmup_epochs or 0):  # per step, and only while warming up: a plain run is untouched
                 for group in self.optimizer.param_groups:
-                    group["lr"] = lr * warmup_factor(epoch, step, self.steps_per_epoch, cfg.warmup_epochs)
+                    group["lr"] = lr * group.get("lr_scale", 1.0) * warmup_factor(epoch, step, self.steps_per_epoch, cfg.warmup_epochs)
             result = train_step(
                 self.forward, self.method, self.optimizer, batch, epoch, device=self.device, amp=self.amp,
                 seed=step_seed(cfg.seed, epoch, step, self.dist.rank), skip=skip, step=step,

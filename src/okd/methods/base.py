@@ -1,8 +1,9 @@
 """The small protocol between the engine and an online-distillation method.
 
 The engine only ever calls ``forward`` (through DDP when distributed), ``losses``,
-``ensemble_logits``, ``eval_heads`` and ``after_step``, and reads ``train_views``,
-``trainable_parameters``, ``deployed_head`` and the export hooks; it never asks which method it runs. A method only sees its
+``ensemble_logits``, ``eval_heads``, ``held_parameters``, ``after_step``, ``meta_update`` and
+``start_epoch``, and reads ``train_views``,
+``parameter_groups``, ``deployed_head`` and the export hooks; it never asks which method it runs. A method only sees its
 backbone through the generic :class:`~okd.models.Cohort` (stages, pooled features, logits), so
 every method runs on every backbone.
 """
@@ -124,6 +125,12 @@ class OKDMethod(nn.Module):
         """What the optimiser updates: frozen parts (EMA shadows) set requires_grad=False and stay in the state dict."""
         return (p for p in self.parameters() if p.requires_grad)
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups. A group may carry ``lr_scale``: the engine sets its learning
+        rate to the schedule's value times that factor (SwitOKD's student learns at a tenth of the
+        teacher's rate in its CIFAR-100 code). One group of ``trainable_parameters`` by default."""
+        return [{"params": list(self.trainable_parameters())}]
+
     @property
     def deployable_peers(self) -> int:
         """How many peers ``okd export`` can write as a plain backbone."""
@@ -164,6 +171,20 @@ class OKDMethod(nn.Module):
         parameters as it found them. ``step`` is the 0-based step within ``epoch``; ``optimizer``
         gives the current lr, momentum and weight decay. Nothing by default.
         """
+
+    def held_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the coming optimiser step must leave untouched (SwitOKD's paused teacher).
+
+        Asked after backward: the engine drops their gradients (``grad = None``), and SGD skips a
+        parameter without a gradient entirely (no momentum, no weight decay), as if that network's
+        own optimiser had not been stepped. Nothing by default.
+        """
+        return iter(())
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before the first step of each 0-based ``epoch`` (not when a run resumes mid-epoch);
+        state changed here (OKDPH's epoch-level fusion) is checkpointed like any other."""
+
 
 # Registered methods by name (filled by ``okd.methods.registry.register_method``); here, below the
 # registry, so that the protocol can name the methods able to do something without importing upward.

@@ -144,7 +144,7 @@ def table_jobs(table: str, seeds: Sequence[int], dataset: str | None = None,
 def _successor_jobs(seeds: Sequence[int], dataset: str, archs: Sequence[str] | None,
                     methods: Sequence[str] | None) -> list[Job]:
     """Every published CIFAR-100 cell of the successor methods (with its published number of peers), and
-    the baseline of each of those backbones."""
+    the baseline of each of those backbones (not of a teacher/student pair row, which names two)."""
     cells = successor_cells()
     rows = list(dict.fromkeys(arch for arch, _ in cells))
     for name, chosen, known in (("--arch", archs, rows), ("--method", methods, ("baseline", *SUCCESSOR_METHODS))):
@@ -156,7 +156,9 @@ def _successor_jobs(seeds: Sequence[int], dataset: str, archs: Sequence[str] | N
         for arch in rows:
             if archs and arch not in archs:
                 continue
-            wanted = [("baseline", None)] + [(m, published_peers(m)) for a, m in cells if a == arch]
+            # okd's baseline trains one backbone: a teacher/student row (SwitOKD's "a,b") has no baseline run
+            baseline = [("baseline", None)] if "," not in arch else []
+            wanted = baseline + [(m, published_peers(m)) for a, m in cells if a == arch]
             jobs += [Job(m, arch, dataset, seed, num_peers=n) for m, n in wanted if not methods or m in methods]
     return jobs
 
