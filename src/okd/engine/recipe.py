@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from okd.data import DATASETS
 from okd.data.config import check_folder_options
+from okd.data.idx import IDX_DATASETS, recipe_for
 from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive
 from okd.errors import OKDUserError
@@ -32,6 +33,9 @@ def _optimisation_recipe(method: str, dataset: str) -> dict[str, float | int]:
         if method == "mcl_okd":
             return {"epochs": 300, "batch_size": 64, "lr": 0.05, "wd": 5e-4}
         return {"epochs": 300, "batch_size": 128, "lr": 0.1, "wd": 5e-4}
+    idx = recipe_for(dataset)  # IDX data sets declare their own (data/idx.py)
+    if idx is not None:
+        return idx
     if dataset == "digits":  # the embedded quick-start set: same lr/batch ratio as the reference
         return {"epochs": 30, "batch_size": 64, "lr": 0.05, "wd": 5e-4}
     return {"epochs": 2, "batch_size": 32, "lr": 0.05, "wd": 5e-4}  # synthetic smoke runs
@@ -43,6 +47,8 @@ def _fit_batch_to_sampler(cfg: TrainConfig, method_sampler: str, recipe: dict) -
     A batch the user set is left as given (and refused later if it does not fit)."""
     sampler = method_sampler if cfg.sampler == "auto" else cfg.sampler
     classes = {"digits": 10, "cifar100": 100, "synthetic": cfg.synthetic_classes}.get(cfg.dataset)
+    if cfg.dataset in IDX_DATASETS:
+        classes = IDX_DATASETS[cfg.dataset].num_classes
     if sampler != "m_per_class" or "batch_size" not in recipe or classes is None or cfg.m_per_class < 1:
         return {}
     fitted = min(recipe["batch_size"], cfg.m_per_class * classes)
@@ -107,6 +113,7 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
     if cfg.nce_m is not None and not 0 <= cfg.nce_m < 1:
         raise OKDUserError(f"--nce-m must be in [0, 1), got {cfg.nce_m}")
     check_positive("train_per_class", cfg.train_per_class)
+    check_positive("test_per_class", cfg.test_per_class)
     if cfg.sampler not in ("auto", *SAMPLERS):
         raise OKDUserError(f"--sampler must be auto, {' or '.join(SAMPLERS)}, got {cfg.sampler!r}")
     check_positive("m_per_class", cfg.m_per_class)
