@@ -151,7 +151,7 @@ def read_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> np.ndarray:
     if len(blob) != expected:
         what = "truncated" if len(blob) < expected else "longer than its header says"
         raise OKDUserError(f"{path} is {what}: {len(blob)} bytes, its header ({shape[0]} items) needs {expected}; fetch it again")
-    return np.frombuffer(blob, np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(blob, np.uint8, offset=header).reshape(shape).copy()  # writable, as torch wants
 
 
 def find_files(dataset: IdxDataset, root: Path) -> Path | None:
