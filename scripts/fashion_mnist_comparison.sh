@@ -15,7 +15,7 @@
 #
 #   scripts/fashion_mnist_comparison.sh [ROOT=runs/fmnist] [JOBS=1] [SEEDS="0 1 2"]
 #   okd report ROOT --arch resnet32 --table main --table successors
-#   okd plot ROOT ...   (see README: error per epoch, mean over seeds, one line per method)
+#   okd plot ROOT --by-method docs/img/fashion_mnist_methods.png   (error per epoch, mean over seeds, one line per method)
 set -euo pipefail
 ROOT=${1:-runs/fmnist}
 JOBS=${2:-1}
