@@ -198,6 +198,9 @@ def normalisation(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] |
 
     table = {"cifar100": (CIFAR100_MEAN, CIFAR100_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
              "digits": (DIGITS_MEAN, DIGITS_STD), "synthetic": (SYNTHETIC_MEAN, SYNTHETIC_STD)}
+    from okd.data.idx import IDX_DATASETS  # grey, repeated over 3 channels: one statistic per channel
+
+    table.update({name: ((d.mean,) * 3, (d.std,) * 3) for name, d in IDX_DATASETS.items()})
     return table.get(dataset)
 
 
