@@ -20,17 +20,23 @@ set -euo pipefail
 ROOT=${1:-runs/fmnist}
 JOBS=${2:-1}
 SEEDS=${3:-0 1 2}
-METHODS=${METHODS:-baseline dml cl_ilr one okddip mcl_okd kdcl pcl mcl}
+OKD=${OKD:-okd}
+# Every method registered in okd, the baseline first,
+# each with its smallest cohort of at least 2 peers; METHODS="dml kdcl" picks a few.
+PY=${PYTHON:-python}
+LIST=$($PY -c 'from okd.methods import get_method_class as g, list_methods as l
+for m in sorted(l(), key=lambda m: m != "baseline"):
+    print(m, 1 if m == "baseline" else max(2, g(m).min_peers))')
+[ -n "${METHODS:-}" ] && LIST=$(echo "$LIST" | grep -wE "^($(echo $METHODS | tr ' ' '|'))")
 DATA=${FMNIST_DATA:+--data $FMNIST_DATA}
 COMMON="--arch resnet32 --dataset fashion-mnist $DATA --train-per-class 100 --test-per-class 300 --epochs 12 --batch-size 20 --lr 0.02 --wd 5e-4 --quiet --device cpu"
 for seed in $SEEDS; do
-  for method in $METHODS; do
-    peers=2; extra=""
-    [ "$method" = baseline ] && peers=1
+  echo "$LIST" | while read -r method peers; do
+    extra=""
     case "$method" in okddip|pcl) extra="--rampup-epochs 3" ;; esac
     out="$ROOT/fashion-mnist/resnet32/$method/seed$seed"
     if [ -f "$out/summary.json" ] && grep -q '"finished": true' "$out/summary.json"; then continue; fi
     if [ -f "$out/last.pt" ]; then mode="--resume"; else mode="--overwrite"; fi
-    echo "${OKD:-okd} train --method $method --num-peers $peers --seed $seed $COMMON $extra --out $out $mode"
+    echo "$OKD train --method $method --num-peers $peers --seed $seed $COMMON $extra --out $out $mode"
   done
 done | xargs -P "$JOBS" -I{} sh -c 'OMP_NUM_THREADS=1 {} || echo "failed: {}" >&2'
