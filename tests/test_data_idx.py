@@ -96,8 +96,11 @@ def test_corrupt_gzip_and_missing_files(tmp_path: Path) -> None:
     (root / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(OKDUserError, match=r"incomplete MNIST folder .*missing t10k-labels-idx1-ubyte\[\.gz\]"):
         load_idx(MNIST, root)
-    with pytest.raises(OKDUserError, match="no MNIST found at .*pass --data DIR holding them, or --download"):
+    with pytest.raises(OKDUserError, match="no MNIST found at .*pass --data DIR holding them, or --download to fetch them into"):
         load_idx(MNIST, tmp_path / "empty")
+    uninstalled = dataclasses.replace(FASHION_MNIST, default_dir=str(tmp_path / "usr-share"))  # no --data: the package's folder
+    with pytest.raises(OKDUserError, match=r"no Fashion-MNIST found at .*usr-share: .*apt-get install dataset-fashion-mnist"):
+        load_idx(uninstalled, None)
 
 
 def release_server(tmp_path: Path) -> tuple[Path, dict[str, str]]:

@@ -111,7 +111,7 @@ def load_idx(dataset: IdxDataset, data_dir: str | Path | None, download: bool = 
         hint = f"{dataset.install_hint}, or " if dataset.install_hint and data_dir is None else ""
         raise OKDUserError(
             f"no {dataset.title} found at {root}: expected {', '.join(dataset.md5)} (or the same without .gz); "
-            f"{hint}pass --data DIR holding them, or --download with --data DIR to fetch them"
+            f"{hint}pass --data DIR holding them, or --download to fetch them into {root}"
         )
     out: list[torch.Tensor] = []
     for split in SPLITS:
