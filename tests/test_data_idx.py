@@ -228,3 +228,22 @@ def test_the_real_package_files(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and all(np.isfinite(r["train"]["total"]) for r in records)
     assert json.loads((out / "data.json").read_text())["class_names"] == list(FASHION_MNIST.class_names)
+
+
+def test_deployed_preprocessing_replays_the_eval_loader_on_a_grey_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from okd.data.preprocess import Preprocessing, preprocessing_for
+
+    root = write_idx_release(tmp_path / "data")
+    _, _, test = build_data(DataConfig(dataset="fashion-mnist", data_dir=str(root), batch_size=8, eval_batch_size=20))
+    expected = next(iter(test)).images[:2]
+    paths = []
+    for i, image in enumerate(idx_arrays()[2][:2]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image, mode="L").save(paths[-1])  # a 28x28 grey file, as a user would have it
+    prep = preprocessing_for("fashion-mnist")
+    assert torch.equal(prep.load(paths), expected)
+    meta = prep.to_meta()
+    assert (meta["input_size"], meta["preprocessing"]["center_crop"], meta["preprocessing"]["zero_pad"]) == (32, 28, 2)
+    assert Preprocessing.from_meta(meta, "x") == prep

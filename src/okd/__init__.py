@@ -10,6 +10,7 @@ From Python (the same runs as the ``okd`` command)::
     summary = okd.train("runs/dml", method="dml", epochs=2, limit_batches=1)
     result = okd.evaluate("runs/dml/best.pt")
     net = okd.load_peer("runs/dml/best.pt")  # the deployed peer as a plain nn.Module
+    okd.predict(["cat.jpg"], checkpoint="runs/dml")  # class names, with the run's own preprocessing
 
 Your own networks and methods: subclass :class:`okd.Backbone` / :class:`okd.OKDMethod` and register
 them with :func:`okd.register_backbone` / :func:`okd.register_method` (README: "Your own model and data").
@@ -27,6 +28,7 @@ _EXPORTS = {
     "train": "okd.api",
     "evaluate": "okd.api",
     "load_peer": "okd.api",
+    "predict": "okd.api",
     "register_backbone": "okd.models",
     "Backbone": "okd.models",
     "BackboneSpec": "okd.models",

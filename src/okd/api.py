@@ -41,15 +41,16 @@ def train(out: str | Path | None = None, *, resume: bool = False, overwrite: boo
 
 
 def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data: str | None = None, device: str = "auto",
-             batch_size: int | None = None, limit_batches: int | None = None) -> dict[str, Any]:
+             batch_size: int | None = None, limit_batches: int | None = None, workers: int | None = None) -> dict[str, Any]:
     """Evaluate ``best.pt``/``last.pt`` like ``okd eval --format json``: the top-1/top-5 error (%) of
     every peer, the peer mean, the deployed peer and the ensemble, under ``result["errors"]``.
+    ``checkpoint`` may be a run folder: its best.pt is used (``result["checkpoint"]`` names the file).
 
     ``dataset``/``data`` evaluate on another dataset with the same classes, or where the data moved.
     """
     from okd.cli.evaluate import evaluate_checkpoint
 
-    return evaluate_checkpoint(str(checkpoint), data, device, batch_size, limit_batches, dataset)
+    return evaluate_checkpoint(str(checkpoint), data, device, batch_size, limit_batches, dataset, workers)
 
 
 def load_peer(checkpoint: str | Path, peer: int | str | None = None) -> nn.Module:
@@ -64,3 +65,21 @@ def load_peer(checkpoint: str | Path, peer: int | str | None = None) -> nn.Modul
     if isinstance(peer, bool) or not (peer is None or isinstance(peer, (int, str))):
         raise OKDUserError(f"peer must be a peer index or None (the deployed peer), got {peer!r}")
     return peer_module(load_method(checkpoint), "deployed" if peer is None else str(peer))
+
+
+def predict(images: str | Path | list[str | Path], *, checkpoint: str | Path | None = None, model: str | Path | None = None,
+            peer: int | str | None = None, top_k: int = 1) -> list[dict[str, Any]]:
+    """Classify image files (or the images under folders) like ``okd predict --format json``: one dict per
+    image with ``image``, ``class`` (the saved class name), ``index``, ``probability`` and ``top`` (the
+    ``top_k`` best). Give ``checkpoint`` (a run folder or .pt; ``peer`` as in :func:`load_peer`, or
+    "ensemble") or ``model`` (a file from ``okd export``); images are prepared as the run's evaluation was.
+    """
+    from okd.errors import OKDUserError
+    from okd.report.predict import classify, from_checkpoint, from_model
+
+    if (checkpoint is None) == (model is None):
+        raise OKDUserError("give exactly one of checkpoint= (a run folder or .pt) and model= (an exported file)")
+    if model is not None and peer is not None:
+        raise OKDUserError("peer= applies to checkpoint=, not to an exported model (it holds one network)")
+    predictor = from_model(model) if model is not None else from_checkpoint(checkpoint, "deployed" if peer is None else str(peer))
+    return classify(predictor, [images] if isinstance(images, (str, Path)) else list(images), top_k)

@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 
 from okd.cli.tables import format_table
+from okd.engine.checkpoint_path import resolve_checkpoint
 from okd.plugins import add_plugin_argument, import_plugins
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on its test set",
                        description="Evaluate a checkpoint written by `okd train` (best.pt or last.pt).")
-    p.add_argument("--checkpoint", required=True, help="path to best.pt / last.pt")
+    p.add_argument("--checkpoint", required=True, help="a run folder (its best.pt is used) or best.pt / last.pt")
     p.add_argument("--dataset", help="evaluate on another dataset with the same classes (default: the training one)")
     p.add_argument("--data", help="dataset location, if it moved since training; for --dataset folder any folder "
                    "whose val/<class> names are among the run's classes (labels follow the names)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, help="evaluation batch size")
     p.add_argument("--limit-batches", type=int, help="evaluate at most N batches")
+    p.add_argument("--workers", type=int, help="image-decoding worker processes for folder/ImageNet data "
+                   "(default: the run's, at most this machine's cores)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     add_plugin_argument(p, "; the run's own plugins are imported anyway")
     p.set_defaults(run=run_eval)
 
 
 def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto", batch_size: int | None = None,
-                        limit_batches: int | None = None, dataset: str | None = None) -> dict:
+                        limit_batches: int | None = None, dataset: str | None = None, workers: int | None = None) -> dict:
     """The errors of every peer, the peer mean, the deployed peer and the ensemble (``okd eval``, ``okd.evaluate``)."""
     from okd.engine.checkpoint import load_checkpoint, state_dict_mismatch
     from okd.engine.config import check_positive, config_from_mapping, replace
@@ -35,7 +40,10 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
 
     check_positive("limit_batches", limit_batches)  # 0 would report 100% error having evaluated nothing
     check_positive("batch_size", batch_size)
+    if workers is not None and workers < 0:
+        raise OKDUserError(f"--workers must be 0 (decode in the main process) or more, got {workers}")
     dev = resolve_device(device)
+    path = str(resolve_checkpoint(path)[0])  # a run folder: its best.pt
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
     import_plugins(cfg.plugins)
@@ -50,6 +58,7 @@ def evaluate_checkpoint(path: str, data: str | None = None, device: str = "auto"
         changes["data"] = data
     if batch_size is not None:
         changes["eval_batch_size"] = batch_size
+    changes["workers"] = workers if workers is not None else min(int(cfg.workers), os.cpu_count() or 1)
     cfg = replace(cfg, **changes)
     spec, _train, eval_loader, method = build_for_config(cfg, dev, current(), state.get("data"), eval_only=True)
     try:
@@ -76,7 +85,11 @@ def head_label(head: str, peer_archs: list[str]) -> str:
 
 def run_eval(args: argparse.Namespace) -> int:
     import_plugins(args.plugins)
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.device, args.batch_size, args.limit_batches, args.dataset)
+    checkpoint, note = resolve_checkpoint(args.checkpoint)
+    if note is not None:
+        print(f"okd eval: {note}", file=sys.stderr)
+    result = evaluate_checkpoint(str(checkpoint), args.data, args.device, args.batch_size, args.limit_batches, args.dataset,
+                                 args.workers)
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0

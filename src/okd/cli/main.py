@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "report": "okd.cli.report",
     "plot": "okd.cli.plot",
     "export": "okd.cli.export",
+    "predict": "okd.cli.predict",
     "reproduce": "okd.cli.reproduce",
 }
 

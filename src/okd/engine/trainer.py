@@ -25,6 +25,7 @@ from okd.engine.checkpoint import load_checkpoint, save_checkpoint, state_dict_m
 from okd.engine.config import METHOD_OPTIONS, TrainConfig, check_device_name, config_from_mapping, diff_configs, to_plain
 from okd.engine.metrics import STANDARD_HEADS, ErrorMeter, extra_heads, summarise_errors
 from okd.engine.progress import progress
+from okd.engine.step_log import StepLog
 from okd.engine.rundir import RunDir
 from okd.engine.schedule import learning_rate
 from okd.engine.step import autocast, make_optimizer, train_step
@@ -417,6 +418,9 @@ class Trainer:
         bad_terms: torch.Tensor | None = None  # which terms were non-finite at first_bad, kept on device
         began = time.perf_counter()
         bar = progress(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=self.quiet or not self.is_main)
+        lines = StepLog.for_stdout(progress.write, quiet=self.quiet or not self.is_main, label=f"epoch {epoch + 1}/{cfg.epochs}",
+                                   steps=self.steps_per_epoch, start_step=start_step, interval=cfg.log_interval)
+        images_before = sums.images
         losses: dict[str, torch.Tensor] = {}
         # --nan-policy skip-step: one host sync per step, by request (all ranks skip together)
         skip = (lambda finite: not okd_dist.all_ranks_true(finite)) if cfg.nan_policy == "skip-step" else None
@@ -437,6 +441,7 @@ class Trainer:
             first_bad.masked_fill_(is_first, step)  # a Python scalar: no host-to-device copy per step
             sums.add(losses, total, batch.targets.shape[0])
             bar.update(1)
+            lines.step(step + 1, (sums.images - images_before) * self.dist.world_size, sums.terms.get("total"), sums.steps)
             if (step + 1) % cfg.log_interval == 0 or step + 1 == self.steps_per_epoch:
                 self._check_finite(first_bad, bad_terms, losses, epoch)
                 bar.set_postfix(loss=f"{sums.terms['total'].item() / max(sums.steps, 1):.4f}")

@@ -14,6 +14,7 @@ is training-only, is not loaded, and is emptied before export (a check proves th
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from okd.data.preprocess import Preprocessing, preprocessing_for
 from okd.engine.checkpoint import TEMP_SUFFIX, temp_prefix
 from okd.errors import OKDUserError
 
@@ -39,12 +41,17 @@ class Loaded:
     epoch: int
     num_classes: int
     path: Path
+    class_names: list[str] | None = None  # the run's saved class names, by label
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The run's evaluation preprocessing: the network is exported and checked at its size."""
+        cfg = self.config
+        return preprocessing_for(cfg.dataset, cfg.image_size, int(cfg.synthetic_size))
 
     @property
     def input_size(self) -> int:
-        if self.config.dataset == "synthetic":
-            return int(self.config.synthetic_size)
-        return int(self.method.cohort.spec.input_size)
+        return self.preprocessing.size
 
 
 def _stand_in_dataset(num_classes: int, nce_k: int | None) -> Any:
@@ -65,6 +72,9 @@ def load_method(path: str | Path) -> Loaded:
     from okd.models import backbone_options
     from okd.plugins import import_plugins
 
+    from okd.engine.checkpoint_path import resolve_checkpoint
+
+    path = resolve_checkpoint(path)[0]  # a run folder: its best.pt
     state = load_checkpoint(path)
     cfg = config_from_mapping(state["config"])
     import_plugins(cfg.plugins)  # the user's backbones/methods the run was trained with
@@ -80,7 +90,15 @@ def load_method(path: str | Path) -> Loaded:
                               dataset=_stand_in_dataset(num_classes, cfg.nce_k), **options)
     _load_weights(method, weights, path)
     method.eval()
-    return Loaded(method, cfg, int(state.get("epoch", 0)), num_classes, Path(path))
+    return Loaded(method, cfg, int(state.get("epoch", 0)), num_classes, Path(path), saved_class_names(state, num_classes))
+
+
+def saved_class_names(state: dict[str, Any], num_classes: int) -> list[str] | None:
+    """The class names the run saved with its data record, if they are a list of ``num_classes`` strings."""
+    data = state.get("data")
+    names = data.get("class_names") if isinstance(data, dict) else None
+    ok = isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names)
+    return list(names) if ok else None
 
 
 def _load_weights(method: nn.Module, weights: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -184,26 +202,6 @@ def _prune_unused_buffers(net: EnsembleNet, example: torch.Tensor) -> None:
                 return
 
 
-def normalisation(dataset: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The per-channel (mean, std) the training pipeline applied to images in [0, 1]."""
-    from okd.data import (
-        CIFAR100_MEAN,
-        CIFAR100_STD,
-        DIGITS_MEAN,
-        DIGITS_STD,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-    )
-    from okd.data.synthetic import SYNTHETIC_MEAN, SYNTHETIC_STD
-
-    table = {"cifar100": (CIFAR100_MEAN, CIFAR100_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-             "digits": (DIGITS_MEAN, DIGITS_STD), "synthetic": (SYNTHETIC_MEAN, SYNTHETIC_STD)}
-    from okd.data.idx import IDX_DATASETS  # grey, repeated over 3 channels: one statistic per channel
-
-    table.update({name: ((d.mean,) * 3, (d.std,) * 3) for name, d in IDX_DATASETS.items()})
-    return table.get(dataset)
-
-
 def metadata(loaded: Loaded, peer: int | None) -> dict[str, Any]:
     """``arch``: the exported peer's own backbone (what ``create_backbone`` rebuilds); ``cohort_arch``: the run's --arch."""
     cfg = loaded.config
@@ -212,17 +210,14 @@ def metadata(loaded: Loaded, peer: int | None) -> dict[str, Any]:
         "arch": cfg.arch if peer is None else loaded.method.backbone_names[peer],
         "cohort_arch": cfg.arch,
         "num_classes": loaded.num_classes,
-        "input_size": loaded.input_size,
         "method": cfg.method,
         "dataset": cfg.dataset,
         "peer": "ensemble" if peer is None else peer,
         "num_peers": int(loaded.method.num_peers),
         "epoch": loaded.epoch,
     }
-    norm = normalisation(cfg.dataset)
-    if norm is not None:
-        meta["input"] = "RGB float [B, 3, H, W]: (x / 255 - mean) / std"
-        meta["mean"], meta["std"] = list(norm[0]), list(norm[1])
+    meta["class_names"] = loaded.class_names  # None: the data had no names (synthetic); labels are indices
+    meta.update(loaded.preprocessing.to_meta())  # input_size, mean, std, resize + crop
     return meta
 
 
@@ -253,15 +248,18 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     index = peer_index(loaded.method, peer)
     size = loaded.input_size
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        output = loaded.method(example)  # the checkpoint's own logits, before anything is pruned or copied
+
+    def checkpoint_logits(images: torch.Tensor) -> torch.Tensor:
+        output = loaded.method(images)
+        return loaded.method.ensemble_logits(output) if index is None else loaded.method.peer_logits(output, index)
+
+    with torch.no_grad():  # the checkpoint's own logits, before anything is pruned or copied; two batch sizes,
+        reference, reference_one = checkpoint_logits(example), checkpoint_logits(example[:1])  # as kernels differ by batch
         if index is None:
-            reference = loaded.method.ensemble_logits(output)
             ensemble = EnsembleNet(loaded.method).eval()
             _prune_unused_buffers(ensemble, example)
             net: nn.Module = ensemble
         else:
-            reference = loaded.method.peer_logits(output, index)
             net = peer_network(loaded.method, index, loaded.num_classes)
     meta = metadata(loaded, index)
     out = Path(out)
@@ -285,19 +283,26 @@ def export_checkpoint(checkpoint: str | Path, peer: str, fmt: str, out: str | Pa
     temp = Path(name)
     try:
         writer(net, example, meta, temp)
-        produced = runner(temp, example)
-        diff = None if produced is None else _difference(produced, reference)
+        produced, single = runner(temp, example), runner(temp, example[:1])  # two batch sizes: the batch is dynamic
+        diff = None if produced is None or single is None else max(_difference(produced, reference), _difference(single, reference_one))
         if diff is not None and not diff <= tolerance:  # `not <=`: a NaN difference fails too
             raise OKDUserError(
                 f"the exported {fmt} model does not reproduce the checkpoint's logits: max |difference| {diff:.3g} > "
                 f"allowed {tolerance:.3g} (logits up to {scale:.3g}); {out} was not written")
         try:
+            if fmt == "state_dict":  # the deployer's copy of the metadata, readable without torch
+                sidecar(out).write_text(json.dumps(meta, indent=2) + "\n")
             os.replace(temp, out)
         except OSError as exc:
             raise OKDUserError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         temp.unlink(missing_ok=True)
     return ExportResult(out, meta, diff, scale, tolerance)
+
+
+def sidecar(out: Path) -> Path:
+    """``model.pt`` -> ``model.pt.json``: the JSON written beside an exported state dict."""
+    return out.with_name(out.name + ".json")
 
 
 def _umask() -> int:

@@ -74,6 +74,10 @@ def notes(table: Table) -> list[str]:
     else:
         out.append("Epoch: the last.")
     out.append("Several seeds: mean ± sample std (n = runs). —: no finished run.")
+    split = sorted({key for row in table.rows for key, _ in row.setting})
+    if split:
+        out.append(f"Runs that differ in more than the seed are never averaged: one row per setting of {', '.join(split)} "
+                   "(\"default\": the method's own value).")
     if table.kind == "peers":
         out.append("One backbone per peer (--arch a,b); peer i is the i-th backbone named. Ens: the method's own ensemble.")
     elif table.kind == "ablation":
@@ -207,7 +211,7 @@ def to_json(tables: list[Table], skipped: list[tuple[Any, str]] | None = None, o
         rows = []
         for row in table.rows:
             cells = {col.key: _cell_record(table, col, row.cells[col.key]) for col in table.columns}
-            rows.append({"arch": row.arch, "model": row.model, "params": row.params, "macs": row.macs,
+            rows.append({"arch": row.arch, "model": row.model, "setting": dict(row.setting), "params": row.params, "macs": row.macs,
                          "paper_params": row.paper_params, "paper_flops": row.paper_flops, "cells": cells})
         out.append({
             "table": table.kind, "dataset": table.dataset, "epoch": table.epoch, "title": table.title,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from okd.report.collect import RunRecord
 from okd.report.complexity import complexity
+from okd.report.settings import IRRELEVANT, Setting, setting_label, split_by_setting
 from okd.report.paper import (
     CIFAR_ROWS,
     IMAGENET_ROWS,
@@ -27,9 +28,11 @@ from okd.report.paper import (
 
 TABLE_KINDS = ("main", "imagenet", "ablation", "successors", "peers")
 
-# Config fields that do not change what a run computes; all others must agree within a cell.
-_IRRELEVANT = {"seed", "device", "data", "download", "workers", "log_interval", "tensorboard", "compile",
-               "deterministic", "channels_last", "sync_bn", "eval_batch_size", "nan_policy", "amp"}
+_IRRELEVANT = IRRELEVANT  # config fields that do not change what a run computes; all others must agree within a cell
+# Datasets whose tables keep the paper's whole layout (every backbone row, the ablation table) even where no run
+# fills it: the paper's own datasets and the synthetic stand-in `okd reproduce --dataset synthetic` checks it on.
+# Elsewhere (a user's image folder, digits) rows and tables without runs are left out unless --paper asks for them.
+FULL_LAYOUT_DATASETS = frozenset({"cifar100", "imagenet", "synthetic"})
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class Row:
     paper_params: str | None
     paper_flops: str | None
     cells: dict[str, Cell]
+    setting: Setting = ()  # what this row's runs share and the arch's other rows' runs do not (report/settings.py)
 
 
 @dataclass
@@ -169,21 +173,29 @@ def build_table(kind: str, dataset: str, runs: list[RunRecord], epoch: str = "la
     comparable = PAPER_DATASET[kind] == dataset
     rows = []
     for arch in archs:
-        arch_runs = [r for r in runs if r.dataset == dataset and r.arch == arch]
-        cells = {}
-        for col in columns:
-            cell_runs = sorted((r for r in arch_runs if column_of(r, col)), key=lambda r: (r.seed, str(r.path)))
-            cell = Cell(cell_runs)
-            cell.single = Stat.of([v for r in cell_runs if (v := r.top1(col.head, epoch)) is not None])
-            if col.method != "baseline":
-                cell.ens = Stat.of([v for r in cell_runs if (v := r.top1("ensemble", epoch)) is not None])
-            if paper:
-                cell.paper_single, cell.paper_ens = paper_figures(kind, arch, col.paper_key or col.method)
-            cells[col.key] = cell
-        params, macs = complexity(arch, dataset, [r for r in runs if r.dataset == dataset])
-        paper_params, paper_flops = paper_complexity(arch) if (paper and kind == "main") else (None, None)
-        rows.append(Row(arch, model_name(arch), params, macs, paper_params, paper_flops, cells))
+        arch_runs = [r for r in mine if r.arch == arch]
+        for setting, setting_runs in split_by_setting(arch_runs, lambda r: (r.method, r.variant)):
+            cells = {}
+            for col in columns:
+                cell_runs = sorted((r for r in setting_runs if column_of(r, col)), key=lambda r: (r.seed, str(r.path)))
+                cell = Cell(cell_runs)
+                cell.single = Stat.of([v for r in cell_runs if (v := r.top1(col.head, epoch)) is not None])
+                if col.method != "baseline":
+                    cell.ens = Stat.of([v for r in cell_runs if (v := r.top1("ensemble", epoch)) is not None])
+                if paper:
+                    cell.paper_single, cell.paper_ens = paper_figures(kind, arch, col.paper_key or col.method)
+                cells[col.key] = cell
+            params, macs = complexity(arch, dataset, [r for r in runs if r.dataset == dataset])
+            paper_params, paper_flops = paper_complexity(arch) if (paper and kind == "main") else (None, None)
+            rows.append(Row(arch, _row_name(arch, setting), params, macs, paper_params, paper_flops, cells, setting))
+    if not (paper or dataset in FULL_LAYOUT_DATASETS):  # no empty rows of the paper's backbones for a user's data
+        rows = [row for row in rows if any(cell.n for cell in row.cells.values())]
     return Table(kind, dataset, epoch, columns, rows, comparable, paper)
+
+
+def _row_name(arch: str, setting: Setting) -> str:
+    label = setting_label(setting)
+    return f"{model_name(arch)} ({label})" if label else model_name(arch)
 
 
 def heterogeneous_archs(runs: list[RunRecord], dataset: str) -> list[str]:
@@ -206,15 +218,17 @@ def build_peer_table(dataset: str, arch: str, runs: list[RunRecord], epoch: str 
             columns.append(Column(f"{method}_peer{i}", f"{label} peer {i}: {model_name(backbone)}", method,
                                   show="single", head=f"peer{i}"))
         columns.append(Column(f"{method}_ens", f"{label} Ens", method, show="ens"))
-    cells = {}
-    for col in columns:
-        cell_runs = sorted((r for r in mine if r.method == col.method), key=lambda r: (r.seed, str(r.path)))
-        cell = Cell(cell_runs)
-        cell.single = Stat.of([v for r in cell_runs if (v := r.top1(col.head, epoch)) is not None])
-        cell.ens = Stat.of([v for r in cell_runs if (v := r.top1("ensemble", epoch)) is not None])
-        cells[col.key] = cell
-    row = Row(arch, model_name(arch), None, None, None, None, cells)
-    return Table("peers", dataset, epoch, tuple(columns), [row], comparable=False, paper=False)
+    rows = []
+    for setting, setting_runs in split_by_setting(mine, lambda r: r.method):
+        cells = {}
+        for col in columns:
+            cell_runs = sorted((r for r in setting_runs if r.method == col.method), key=lambda r: (r.seed, str(r.path)))
+            cell = Cell(cell_runs)
+            cell.single = Stat.of([v for r in cell_runs if (v := r.top1(col.head, epoch)) is not None])
+            cell.ens = Stat.of([v for r in cell_runs if (v := r.top1("ensemble", epoch)) is not None])
+            cells[col.key] = cell
+        rows.append(Row(arch, _row_name(arch, setting), None, None, None, None, cells, setting))
+    return Table("peers", dataset, epoch, tuple(columns), rows, comparable=False, paper=False)
 
 
 def build_tables(runs: list[RunRecord], datasets: list[str], kinds: tuple[str, ...] | None = None,
@@ -228,7 +242,11 @@ def build_tables(runs: list[RunRecord], datasets: list[str], kinds: tuple[str, .
             if kind == "peers":
                 tables += [build_peer_table(dataset, arch, runs, epoch) for arch in heterogeneous_archs(runs, dataset)]
             else:
-                tables.append(build_table(kind, dataset, runs, epoch, paper))
+                table = build_table(kind, dataset, runs, epoch, paper)
+                keep = kinds is not None or paper or dataset in FULL_LAYOUT_DATASETS  # asked for, or the paper's layout
+                methods = {col.key for col in table.columns if col.method != "baseline"}  # the baseline is every table's reference
+                if keep or any(row.cells[key].n for row in table.rows for key in methods):
+                    tables.append(table)
     return tables
 
 
