@@ -49,8 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     data = p.add_argument_group("data")
     data.add_argument("--dataset", help="digits (default, embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic | fashion-mnist | mnist | kmnist")
-    data.add_argument("--data", help="CIFAR-10/100 archive/folder (or its parent), or an ImageNet/image-folder root with "
-                      "train/<class>/ and val/<class>/")
+    data.add_argument("--data", help="CIFAR-10/100 archive/folder (or its parent), an ImageNet/image-folder root with "
+                      "train/<class>/ and val/<class>/, or a folder of the four IDX files (fashion-mnist: default "
+                      "/usr/share/datasets/fashion-mnist)")
     data.add_argument("--download", action="store_true", help="fetch CIFAR-10/100 or the IDX sets into --data if missing (verifies their MD5)")
     data.add_argument("--workers", "--num-workers", dest="workers", type=int,
                       help="image decoding processes for imagenet and folder (default 8)")

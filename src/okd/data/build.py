@@ -8,11 +8,12 @@ import torch
 
 from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec
+from okd.data.idx import IDX_DATASETS, load_idx
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
 from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
 
-DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic", "fashion-mnist", "mnist", "kmnist")
+DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic", *IDX_DATASETS)
 DEFAULT_DATA_DIR = "./data"  # the reference scripts' --data default
 
 
@@ -37,9 +38,7 @@ def build_data(cfg: DataConfig) -> tuple[DataSpec, TrainLoader, EvalLoader]:
         release, mean, std = (CIFAR100, CIFAR100_MEAN, CIFAR100_STD) if name == "cifar100" else (CIFAR10, CIFAR10_MEAN, CIFAR10_STD)
         arrays, names = load_release(release, cfg.data_dir or DEFAULT_DATA_DIR, download=cfg.download)
         return in_memory(name, arrays, release.num_classes, mean, std, 4, True, cfg, device, names)
-    if name in ("fashion-mnist", "mnist", "kmnist"):
-        from okd.data.idx import IDX_DATASETS, load_idx
-
+    if name in IDX_DATASETS:
         idx = IDX_DATASETS[name]
         arrays = load_idx(idx, cfg.data_dir, download=cfg.download)
         return in_memory(name, arrays, idx.num_classes, (idx.mean,) * 3, (idx.std,) * 3, idx.pad, idx.flip, cfg, device, idx.class_names)
