@@ -54,7 +54,7 @@ import torch
 from okd.errors import OKDUserError
 
 ORIGINAL_METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd")
-METHODS = (*ORIGINAL_METHODS, "kdcl", "pcl", "mcl")
+METHODS = (*ORIGINAL_METHODS, "kdcl", "pcl", "mcl", "lmcl")
 
 # Figures quoted by issue 8 for the original implementation "on a 2-core machine" (torch 2.14, batch
 # 64, resnet32, 4 peers). Printed for orientation only: the speed-up column compares with the
@@ -220,7 +220,7 @@ def time_training(case: dict[str, Any], steps: int, warmup: int, profile: int = 
         nonlocal first_bad
         epoch, step, batch = next(stream)
         result = train_step(case["forward"], method, case["optimizer"], batch, epoch, device=dev, amp=case["amp"],
-                            seed=step_seed(cfg.seed, epoch, step, 0))
+                            seed=step_seed(cfg.seed, epoch, step, 0), step=step)  # step: L-MCL's meta step every 50
         first_bad = torch.where((first_bad < 0) & ~result.finite, torch.tensor(step, device=dev), first_bad)
         if case.get("item_per_step"):
             [value.item() for value in result.losses.values()]  # the original's per-step loss meters

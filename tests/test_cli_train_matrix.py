@@ -20,7 +20,7 @@ from okd.cli.main import main
 from okd.methods import build_method
 from okd.models import Cohort, count_params, create_backbone
 
-METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd", "kdcl", "pcl", "mcl")
+METHODS = ("baseline", "dml", "cl_ilr", "one", "okddip", "mcl_okd", "kdcl", "pcl", "mcl", "lmcl")
 BACKBONES = ("resnet32", "resnet110", "densenet40_12", "vgg16", "hcgnet_a1")
 CLASSES, FEAT_DIM = 3, 128
 PEERS = {method: 1 if method == "baseline" else 2 for method in METHODS}
@@ -44,7 +44,10 @@ def expected_training_params(method: str, arch: str, num_peers: int) -> int:
     """The cohort with its heads the method builds, from the cohort alone plus each method's heads:
     MCL-OKD: DML's cohort + one Linear(d, 128) per peer; KDCL: independent peers; PCL: (ONE's late-shared
     cohort + the fused Linear(N*d, C)) twice, students and their frozen EMA copy; MCL: independent peers
-    for 2 (early-shared otherwise) + a Linear(d,128)-ReLU-Linear(128,128) head per peer."""
+    for 2 (early-shared otherwise) + a Linear(d,128)-ReLU-Linear(128,128) head per peer; L-MCL: independent
+    peers, each with fresh copies of its stages from each branch point (early, late) on, and per head
+    (H = branch points + 1) MCL's embedding head and a Linear(d, 128) of the weight network, plus a
+    Linear(H*d, d)-ReLU-Linear(d, H) aggregator per peer."""
     with torch.device("meta"):
         d = create_backbone(arch, CLASSES).feature_dim
         cohort = lambda share: count_params(Cohort(lambda: create_backbone(arch, CLASSES), num_peers, share))  # noqa: E731
@@ -57,6 +60,14 @@ def expected_training_params(method: str, arch: str, num_peers: int) -> int:
         if method == "mcl":
             head = d * FEAT_DIM + FEAT_DIM + FEAT_DIM * FEAT_DIM + FEAT_DIM
             return cohort("none" if num_peers == 2 else "early") + num_peers * head
+        if method == "lmcl":
+            backbone = create_backbone(arch, CLASSES)
+            names, points = backbone.stage_names, dict.fromkeys([backbone.spec.early, backbone.spec.late])
+            aux = sum(count_params(backbone.stage(s)) for p in points for s in names[names.index(p):])
+            heads = len(points) + 1
+            head = d * FEAT_DIM + FEAT_DIM + FEAT_DIM * FEAT_DIM + FEAT_DIM
+            gate = heads * d * d + d + d * heads + heads
+            return cohort("none") + num_peers * (aux + heads * (head + d * 128 + 128) + gate)
         return count_params(build_method(method, arch, CLASSES, num_peers))
 
 
@@ -76,6 +87,8 @@ def check_run(out: Path, summary: dict, method: str, arch: str, num_peers: int) 
     heads = {f"peer{i}" for i in range(num_peers)} | {"peer_mean", "deployed", "ensemble"}
     if method == "pcl":  # its EMA peers (the deployed networks) and fused heads
         heads |= {f"ema{i}" for i in range(num_peers)} | {"fused", "ema_fused"}
+    if method == "lmcl":  # each peer's auxiliary heads (two branch points on every CIFAR backbone)
+        heads |= {f"peer{i}_aux{k}" for i in range(num_peers) for k in range(2)}
     assert set(record["test"]) == heads
     assert all(0 <= e["top1"] <= 100 for e in record["test"].values())
     assert summary["params"]["deployed"] == count_params(create_backbone(arch, CLASSES))
@@ -85,7 +98,8 @@ def check_run(out: Path, summary: dict, method: str, arch: str, num_peers: int) 
 
 def run_case(tmp_path: Path, method: str, arch: str, num_peers: int) -> None:
     out = tmp_path / f"{method}_{arch}"
-    summary = train(out, arch, "--method", method, "--num-peers", str(num_peers))
+    extra = ["--lmcl-meta-steps", "1"] if method == "lmcl" else []  # one virtual step: the meta step stays cheap
+    summary = train(out, arch, "--method", method, "--num-peers", str(num_peers), *extra)
     check_run(out, summary, method, arch, num_peers)
 
 

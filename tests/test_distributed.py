@@ -56,10 +56,16 @@ SINGLE_VS_DDP = {  # name: options; each compared single process vs 2 ranks with
     "okddip": ["--method", "okddip", "--num-peers", "3", "--epochs", "1"],
     "kdcl": ["--method", "kdcl", "--num-peers", "2", "--epochs", "1"],  # one augmented view per peer
     "pcl": ["--method", "pcl", "--num-peers", "2", "--epochs", "1"],  # views, fused head, EMA peers
+    # L-MCL without its in-batch contrast (weights 0): auxiliary heads, aggregators, KD, and a meta step
+    # per epoch that must roll back exactly (SyncBN statistics included) and leave the weight network alike
+    "lmcl": ["--method", "lmcl", "--epochs", "1", "--mcl-vcl", "0", "--mcl-icl", "0", "--mcl-soft-vcl", "0",
+             "--mcl-soft-icl", "0", "--lmcl-meta-steps", "1"],
 }
 # MCL's contrastive terms are in-batch, so 2 ranks x 4 samples compute other terms than 1 x 8: it is
 # checked to train under torchrun with its m-per-class batches split pair-preserving, ranks in step.
 MCL_DDP = ["--method", "mcl", "--num-peers", "2", "--epochs", "1"]
+# the full L-MCL: its weight network learns from each rank's hypergradient, averaged over the ranks
+LMCL_DDP = ["--method", "lmcl", "--epochs", "1", "--lmcl-meta-freq", "1", "--lmcl-meta-steps", "1"]
 ATOL = 1e-8  # float64 runs agree to ~1e-13 (float32 single-process noise alone would be ~1e-7 per step)
 
 
@@ -105,8 +111,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for dump, out, extra in (("mcl_full", "mcl_full", ["--epochs", "2"]), ("mcl_split1", "mcl_split", ["--epochs", "1"]),
                              ("mcl_split", "mcl_split", ["--epochs", "2", "--resume"])):
         jobs.append({"kind": "train", "argv": [*full, *extra, "--out", str(base / "ddp" / out)], "dump": str(base / "dump" / dump)})
-    jobs.append({"kind": "train", "argv": [*TINY, *MCL_DDP, "--quiet", "--out", str(base / "ddp" / "mcl")],
-                 "dump": str(base / "dump" / "mcl")})
+    for name, options in (("mcl", MCL_DDP), ("lmcl_full", LMCL_DDP)):
+        jobs.append({"kind": "train", "argv": [*TINY, *options, "--quiet", "--out", str(base / "ddp" / name)],
+                     "dump": str(base / "dump" / name)})
     checkpoint = str(base / "single" / "baseline" / "last.pt")
     jobs.append({"kind": "eval", "checkpoint": checkpoint, "eval_batch_size": 4, "dump": str(base / "dump" / "eval")})
     (base / "jobs.json").write_text(json.dumps(jobs))
@@ -164,6 +171,15 @@ def test_mcl_trains_under_torchrun_with_ranks_in_step(runs: Path) -> None:
     summary = json.loads((runs / "ddp" / "mcl" / "summary.json").read_text())
     assert summary["finished"] and summary["method"] == "mcl"
     assert all(v > 0 for v in records(runs / "ddp" / "mcl")[-1]["train"].values())
+
+
+def test_lmcl_meta_steps_keep_the_ranks_in_step(runs: Path) -> None:
+    per_rank = dumps(runs / "dump" / "lmcl_full")
+    assert all(dump["rc"] == 0 and dump["optimiser_sees_model"] for dump in per_rank)
+    assert max_diff(per_rank[0]["state"], per_rank[1]["state"]) == 0  # weight network and its momentum included
+    before = build_method("lmcl", "resnet32", 4, 2).state_dict()  # shapes only: the weight network moved from init
+    assert per_rank[0]["state"].keys() == before.keys()
+    assert any(float(per_rank[0]["state"][k].abs().sum()) > 0 for k in before if k.startswith("weight_net_momentum"))
 
 
 def test_evaluation_shards_cover_the_test_set_exactly(runs: Path) -> None:

@@ -16,6 +16,7 @@ from okd.models import (
     Backbone,
     Cohort,
     arch_label,
+    backbone_source,
     count_macs,
     count_params,
     create_backbone,
@@ -60,6 +61,7 @@ def describe(name: str, num_classes: int | None, num_peers: int | None, share: s
     size = backbone.spec.input_size
     row = {
         "name": name,
+        "source": backbone_source(name),
         "num_classes": backbone.num_classes,
         "input_size": size,
         "params": count_params(backbone),
@@ -130,12 +132,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _backbone_table(rows: list[dict], num_peers: int | None, share: str) -> str:
-    header = ["backbone", "classes", "input", "params", "MACs", "early: peers from", "late: peers from"]
+    header = ["backbone", "source", "classes", "input", "params", "MACs", "early: peers from", "late: peers from"]
     if num_peers:
         header += [f"cohort x{num_peers} ({share}) params", "cohort MACs"]
     table = []
     for r in rows:
-        cells = [r["name"], str(r["num_classes"]), f"{r['input_size']}px", *_size_cells(r["params"], r["macs"]),
+        cells = [r["name"], r["source"], str(r["num_classes"]), f"{r['input_size']}px", *_size_cells(r["params"], r["macs"]),
                  r["branch_points"]["early"], r["branch_points"]["late"]]
         if num_peers:
             c = r["cohort"]

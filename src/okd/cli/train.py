@@ -31,13 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl (default: baseline)")
+    what.add_argument("--method", help="baseline | dml | cl_ilr | one | okddip | mcl_okd | kdcl | pcl | mcl | lmcl (default: baseline)")
     what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
                       "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default "
                       "resnet32. One backbone per peer, comma-separated (e.g. resnet32,resnet110), for methods whose peers "
                       "are independent networks (dml, kdcl, mcl): their peers then share nothing (--share none)")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int,
-                      help="peers in the cohort (default 4; baseline 1; pcl 3; --arch a,b: the number of backbones)")
+                      help="peers in the cohort (default 4; baseline 1; pcl 3; lmcl 2; --arch a,b: the number of backbones)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's; none for --arch a,b)")
     what.add_argument("--early", help="stage where 'early' sharing ends, i.e. the first per-peer stage for DML/MCL-OKD "
                       "(default: the backbone's; `okd models --arch NAME` lists the stages)")
@@ -107,6 +107,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     meth.add_argument("--pcl-rampup", help="PCL: intended (default) | reimpl (the public re-implementation's ramp-up bug, "
                       "KD off for epochs 2-80; only to reproduce its numbers)")
     meth.add_argument("--ema-decay", type=float, help="PCL: decay bound of the EMA peers, in [0, 1) (0.999)")
+    meth.add_argument("--lmcl-meta-freq", "--meta-freq", dest="lmcl_meta_freq", type=int,
+                      help="L-MCL: a meta step of the loss-weight network every N steps of an epoch (50; 0 = never)")
+    meth.add_argument("--lmcl-meta-steps", "--times", dest="lmcl_meta_steps", type=int,
+                      help="L-MCL: virtual SGD steps on the contrastive loss per meta step (2)")
     meth.add_argument("--kdcl-rule", help="KDCL: soft target from the peers, minlogit (default) | naive | linear | mean")
 
     run = p.add_argument_group("execution")

@@ -78,6 +78,8 @@ class TrainConfig:
     kdcl_rule: str | None = None  # KDCL's soft target: minlogit | naive | linear | mean
     pcl_rampup: str | None = None  # PCL: intended | reimpl (the re-implementation's ramp-up bug)
     ema_decay: float | None = None  # PCL: EMA decay bound of the peer mean teachers, in [0, 1)
+    lmcl_meta_freq: int | None = None  # L-MCL: a meta step every N steps of an epoch (50; 0 = never)
+    lmcl_meta_steps: int | None = None  # L-MCL: virtual SGD steps on the contrastive loss per meta step (2)
     # execution
     seed: int = 0
     device: str = "auto"
@@ -99,7 +101,7 @@ RESUMABLE_CHANGES = {"epochs", "workers", "device", "compile", "sgd_impl", "tens
 METHOD_OPTIONS = (
     "kd_t", "alpha", "beta", "gamma", "nce_k", "nce_t", "nce_m", "feat_dim", "fixed_z", "rampup_epochs",
     "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl", "mcl_logit_distill", "mcl_icl_same_instance",
-    "kdcl_rule", "pcl_rampup", "ema_decay",
+    "kdcl_rule", "pcl_rampup", "ema_decay", "lmcl_meta_freq", "lmcl_meta_steps",
 )
 
 _FIELD_NAMES = {f.name for f in fields(TrainConfig)}

@@ -18,7 +18,7 @@ from okd.models import SHARE_MODES, create_backbone, format_arch
 
 # The original README's --nce_k per backbone (CIFAR) and the reference default elsewhere.
 # Cohort size when --num-peers is not given: the reference's 4, except where a method's paper uses another.
-DEFAULT_PEERS = {"baseline": 1, "pcl": 3}
+DEFAULT_PEERS = {"baseline": 1, "pcl": 3, "lmcl": 2}
 
 NCE_K_BY_BACKBONE = {"resnet32": 256, "resnet110": 256, "densenet40_12": 256, "vgg16": 16384, "hcgnet_a1": 16384, "resnet34": 16384}
 

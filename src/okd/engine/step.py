@@ -82,13 +82,15 @@ def train_step(
     amp: bool = False,
     seed: int | None = None,
     skip: Callable[[torch.Tensor], bool] | None = None,
+    step: int = 0,
 ) -> StepResult:
     """Forward, losses, backward, optimiser step and the method's post-step update.
 
     ``forward`` is the (possibly DDP-wrapped / compiled) module that runs ``method``; ``seed``
     reseeds the global RNG first (the Trainer passes a per-(seed, epoch, step, rank) value so a
     resumed run replays the same dropout/sampling draws); ``skip(finite)``, if given, is called
-    after backward and a True answer drops the update (``--nan-policy skip-step``, a host sync).
+    after backward and a True answer drops the update (``--nan-policy skip-step``, a host sync);
+    ``step`` (0-based, within ``epoch``) is passed to the method's ``meta_update``.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -103,4 +105,5 @@ def train_step(
         return StepResult(output, losses, total, finite, stepped=False)
     optimizer.step()
     method.after_step(output, batch)
+    method.meta_update(batch, epoch, step, optimizer)
     return StepResult(output, losses, total, finite, stepped=True)

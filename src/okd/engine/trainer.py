@@ -429,7 +429,7 @@ class Trainer:
                 break
             result = train_step(
                 self.forward, self.method, self.optimizer, batch, epoch, device=self.device, amp=self.amp,
-                seed=step_seed(cfg.seed, epoch, step, self.dist.rank), skip=skip,
+                seed=step_seed(cfg.seed, epoch, step, self.dist.rank), skip=skip, step=step,
             )
             losses, total, finite = result.losses, result.total, result.finite
             if not result.stepped:

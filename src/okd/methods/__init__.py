@@ -1,6 +1,6 @@
 """Online-distillation methods: one small module each, behind the protocol in ``base``."""
 
-from okd.methods import baseline, cl_ilr, dml, kdcl, mcl, mcl_okd, okddip, one, pcl  # noqa: F401  (register the methods)
+from okd.methods import baseline, cl_ilr, dml, kdcl, lmcl, mcl, mcl_okd, okddip, one, pcl  # noqa: F401  (register the methods)
 from okd.methods.base import DatasetInfo, OKDMethod
 from okd.methods.registry import (
     build_method,

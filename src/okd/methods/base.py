@@ -136,3 +136,12 @@ class OKDMethod(nn.Module):
     @torch.no_grad()
     def after_step(self, output: CohortOutput, batch: Batch) -> None:
         """State updates after the optimiser step (MCL-OKD's memory banks); nothing by default."""
+
+    def meta_update(self, batch: Batch, epoch: int, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """A second optimisation after ``after_step``, with gradients enabled (L-MCL's meta step).
+
+        For parts the engine's optimiser must not train (their parameters set requires_grad=False):
+        the method may run its own forwards and virtual updates here, but must leave the trainable
+        parameters as it found them. ``step`` is the 0-based step within ``epoch``; ``optimizer``
+        gives the current lr, momentum and weight decay. Nothing by default.
+        """

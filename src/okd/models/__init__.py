@@ -1,6 +1,7 @@
 """Backbones (registry + definitions) and the generic cohort builder."""
 
 from okd.models import resnet, densenet, vgg, hcgnet  # noqa: F401,I001  (register, in the paper's order)
+from okd.models import zoo  # noqa: F401,I001  (register the KD literature's CIFAR zoo after the paper's)
 from okd.models.base import Backbone, BackboneSpec, map_state_keys
 from okd.models.cohort import SHARE_MODES, Cohort, CohortOutput, average_gradient
 from okd.models.complexity import count_macs, count_params
@@ -8,6 +9,7 @@ from okd.models.registry import (
     BackboneOptions,
     backbone_options,
     arch_label,
+    backbone_source,
     create_backbone,
     create_plain_network,
     default_num_classes,
@@ -28,6 +30,7 @@ __all__ = [
     "SHARE_MODES",
     "arch_label",
     "average_gradient",
+    "backbone_source",
     "backbone_options",
     "count_macs",
     "count_params",

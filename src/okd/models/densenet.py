@@ -40,7 +40,7 @@ def _transition(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-@register_backbone("densenet40_12", aliases=("densenetd40k12", "densenet40"))
+@register_backbone("densenet40_12", aliases=("densenetd40k12", "densenet40"), source="MCL-OKD")
 def densenet40_12(num_classes: int = 100) -> Backbone:
     growth, layers = 12, 6
     c = 2 * growth

@@ -139,9 +139,8 @@ def _hybrid_block(cin: int, modules: int, growth: int) -> tuple[nn.Sequential, i
     return block, cin + modules * growth
 
 
-@register_backbone("hcgnet_a1", aliases=("hcgnet_A1", "hcgnet"))
-def hcgnet_a1(num_classes: int = 100) -> Backbone:
-    growth_rates, modules = (12, 24, 36), (8, 8, 8)
+def build_hcgnet(growth_rates: tuple[int, int, int], num_classes: int, modules: tuple[int, int, int] = (8, 8, 8)) -> Backbone:
+    """A CIFAR HCGNet: three hybrid blocks of the given growth rates, two gated transitions halving the width."""
     c = 2 * growth_rates[0]
     stages: list[tuple[str, nn.Module]] = [("conv0", nn.Conv2d(3, c, 3, padding=1, bias=False))]
     for i, (growth, n) in enumerate(zip(growth_rates, modules)):
@@ -153,3 +152,8 @@ def hcgnet_a1(num_classes: int = 100) -> Backbone:
     head = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     stages += [("head", head), ("fc", nn.Linear(c, num_classes))]
     return Backbone(stages, BackboneSpec(early="block2", late="block3", input_size=32), c, num_classes)
+
+
+@register_backbone("hcgnet_a1", aliases=("hcgnet_A1", "hcgnet"), source="MCL-OKD")
+def hcgnet_a1(num_classes: int = 100) -> Backbone:
+    return build_hcgnet((12, 24, 36), num_classes)

@@ -22,16 +22,18 @@ BackboneFactory = Callable[..., Backbone]
 _BACKBONES: dict[str, BackboneFactory] = {}
 _DEFAULT_CLASSES: dict[str, int] = {}
 _ALIASES: dict[str, str] = {}
+_SOURCES: dict[str, str] = {}
 
 
 def register_backbone(
-    name: str, *, default_num_classes: int = 100, aliases: tuple[str, ...] = ()
+    name: str, *, default_num_classes: int = 100, aliases: tuple[str, ...] = (), source: str = "user"
 ) -> Callable[[BackboneFactory], BackboneFactory]:
     """Register ``factory(num_classes=...) -> Backbone`` under ``name`` (and the reference's spellings).
 
     The factory builds a fresh :class:`Backbone` (named stages ending in ``fc``, the pooled feature
     just before it, ``early``/``late`` branch points); every method can then train a cohort of it.
-    A user's backbone lives in a plugin module (README: "Your own model and data").
+    A user's backbone lives in a plugin module (README: "Your own model and data"). ``source`` says
+    whose definition it reproduces (``okd models`` shows it): names alone can clash between codebases.
     """
 
     def decorate(factory: BackboneFactory) -> BackboneFactory:
@@ -39,6 +41,7 @@ def register_backbone(
             raise ValueError(f"backbone {name!r} registered twice")
         _BACKBONES[name] = factory
         _DEFAULT_CLASSES[name] = default_num_classes
+        _SOURCES[name] = source
         for alias in aliases:
             _ALIASES[alias.lower()] = name
         return factory
@@ -49,6 +52,14 @@ def register_backbone(
 def list_backbones() -> list[str]:
     """Canonical backbone names, in registration order."""
     return list(_BACKBONES)
+
+
+def backbone_source(name: str) -> str:
+    """Whose code a backbone reproduces (e.g. ``"RepDistiller"``), or the library of a timm:/tv: name."""
+    canonical = resolve_backbone_name(name)
+    if is_external(canonical):
+        return canonical.partition(":")[0]
+    return _SOURCES[canonical]
 
 
 def is_external(name: str) -> bool:

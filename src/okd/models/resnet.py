@@ -95,19 +95,19 @@ def _cifar_resnet(block, blocks: list[int], num_classes: int) -> Backbone:
     return model
 
 
-@register_backbone("resnet32")
+@register_backbone("resnet32", source="MCL-OKD")
 def resnet32(num_classes: int = 100) -> Backbone:
     """CIFAR ResNet-32: BasicBlock [5, 5, 5], widths 16/32/64 (0.47M params)."""
     return _cifar_resnet(BasicBlock, [5, 5, 5], num_classes)
 
 
-@register_backbone("resnet110")
+@register_backbone("resnet110", source="MCL-OKD")
 def resnet110(num_classes: int = 100) -> Backbone:
     """The reference's ResNet-110: Bottleneck [12, 12, 12] (1.17M params), not the 18-18-18 BasicBlock net."""
     return _cifar_resnet(Bottleneck, [12, 12, 12], num_classes)
 
 
-@register_backbone("resnet34", default_num_classes=1000)
+@register_backbone("resnet34", default_num_classes=1000, source="MCL-OKD")
 def resnet34(num_classes: int = 1000) -> Backbone:
     """torchvision's ImageNet ResNet-34 (v1), with stages named so a cohort can branch it."""
     stem = nn.Sequential(

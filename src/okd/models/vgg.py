@@ -20,7 +20,7 @@ def _vgg_stage(cin: int, cout: int, convs: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@register_backbone("vgg16")
+@register_backbone("vgg16", source="MCL-OKD")
 def vgg16(num_classes: int = 100) -> Backbone:
     """13 conv layers (64,64 | 128,128 | 256x3 | 512x3 | 512x3) and a single Linear(512, C): 14.77M params."""
     stages: list[tuple[str, nn.Module]] = [

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from okd.cli.tables import format_table
-from okd.report.paper import PAPER_DATASET, dataset_name
+from okd.report.paper import METHOD_NAMES, PAPER_DATASET, dataset_name
 from okd.report.collect import RunRecord
 from okd.report.tables import Cell, Column, Stat, Table
 
@@ -83,8 +83,9 @@ def notes(table: Table) -> list[str]:
     elif table.kind == "ablation":
         out.append("+MCL: MCL-OKD with --alpha 0 (no DOT loss); +MCL+DOT: MCL-OKD with alpha > 0 (the full method).")
     elif table.kind == "successors":
-        out.append("Deployed: KDCL and MCL peer 0, PCL its temporal-mean (EMA) peer 0. Ens: the method's own ensemble "
-                   "(KDCL, MCL: mean logits; PCL: mean logits of its EMA peers; its fused heads are in okd eval).")
+        out.append("Deployed: KDCL, MCL and L-MCL peer 0 (L-MCL: its own classifier, not an auxiliary head), PCL its "
+                   "temporal-mean (EMA) peer 0, SwitOKD the student. Ens: the method's own ensemble (KDCL, MCL, L-MCL: "
+                   "mean logits; PCL: mean logits of its EMA peers; its fused heads are in okd eval).")
     else:
         out.append("MCL-OKD: runs with alpha > 0; alpha 0 runs are the +MCL ablation. "
                    "Ens: the method's own ensemble of all peers.")
@@ -94,9 +95,10 @@ def notes(table: Table) -> list[str]:
             from okd.report.paper import paper_results
 
             section = paper_results()["successors"]
-            peers = ", ".join(f"{name.upper()} {n} peers" for name, n in section["peers"].items())
-            out.append(f"paper: each method's own publication ({peers}; 100 − the published mean accuracy, over 3 runs), "
-                       "not the MCL-OKD paper's protocol; only an okd re-run under one protocol is a fair comparison.")
+            peers = ", ".join(f"{METHOD_NAMES.get(name, name)} {n} peers" for name, n in section["peers"].items())
+            out.append(f"paper: each method's own publication ({peers}; 100 − the published mean accuracy, over 3 runs; "
+                       "L-MCL's README gives one figure without a run count), not the MCL-OKD paper's protocol; "
+                       "only an okd re-run under one protocol is a fair comparison.")
         if table.comparable:
             source = "the figures above" if table.kind == "successors" else "the original README's figures"
             out.append(f"paper: {source}; Δ = ours − paper (negative: a lower error than published).")

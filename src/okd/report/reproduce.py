@@ -118,7 +118,7 @@ def table_jobs(table: str, seeds: Sequence[int], dataset: str | None = None,
 
 def _successor_jobs(seeds: Sequence[int], dataset: str, archs: Sequence[str] | None,
                     methods: Sequence[str] | None) -> list[Job]:
-    """Every published CIFAR-100 cell of KDCL, PCL and MCL (with its published number of peers), and
+    """Every published CIFAR-100 cell of the successor methods (with its published number of peers), and
     the baseline of each of those backbones."""
     cells = successor_cells()
     rows = list(dict.fromkeys(arch for arch, _ in cells))
