@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every registered method on a fixed few-label Fashion-MNIST subset over 3 seeds, resumable.
 #
-# Protocol (sized for about 1.5 hours of ONE CPU core: about 2.5 minutes a run): the first 100 training images of each
+# Protocol (about 2 hours of ONE CPU core for 30 runs: 4-6.5 minutes a 2-peer run, measured): the first 100 training images of each
 # class (--train-per-class 100: 1,000 images, the same for every seed), the first 300 test images of
 # each class (--test-per-class 300: 3,000 images, the same for every run, evaluated every epoch),
 # ResNet-32, 2 peers for every online method (1 for the baseline), 12 epochs, batch 20 (MCL's
