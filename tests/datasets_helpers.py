@@ -174,3 +174,34 @@ def cifar10_expected(per_batch: int = 6, n_test: int = 10) -> tuple[np.ndarray, 
     batches = [cifar10_batch(per_batch, i, f"training {i}") for i in range(1, 6)]
     test = cifar10_batch(n_test, 0, "testing")
     return np.concatenate([b["data"] for b in batches]), sum((b["labels"] for b in batches), []), test["data"], test["labels"]
+
+
+# -- IDX (MNIST / Fashion-MNIST / KMNIST) ----------------------------------------------------------
+
+IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An uint8 array as the IDX format stores it: magic 0x0000080<ndim>, big-endian dims, raw bytes."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def idx_arrays(n_train: int = 40, n_test: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random 28x28 grey images and labels 0..9 (every class present in both splits)."""
+    rng = np.random.RandomState(seed)
+    images = lambda n: rng.randint(0, 256, size=(n, 28, 28)).astype(np.uint8)  # noqa: E731
+    labels = lambda n: (np.arange(n) % 10)[rng.permutation(n)].astype(np.uint8)  # noqa: E731
+    return images(n_train), labels(n_train), images(n_test), labels(n_test)
+
+
+def write_idx_release(root: Path, gz: bool = True, arrays=None) -> Path:
+    """The four official IDX files of ``arrays`` (default ``idx_arrays()``) in ``root``, .gz or raw."""
+    import gzip
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, array in zip(IDX_STEMS, arrays if arrays is not None else idx_arrays()):
+        blob = idx_bytes(array)
+        (root / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(blob) if gz else blob)
+    return root

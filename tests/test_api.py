@@ -72,8 +72,8 @@ def test_evaluate_equals_okd_eval(api_runs: tuple[Path, list[dict]], capsys: pyt
     assert main(["eval", "--checkpoint", str(best), "--device", "cpu", "--format", "json"]) == 0
     assert okd.evaluate(best, device="cpu") == json.loads(capsys.readouterr().out)
     assert okd.evaluate(best, device="cpu")["errors"]["deployed"] == first["last"]["deployed"]
-    with pytest.raises(OKDUserError, match="unknown dataset 'mnist'"):
-        okd.evaluate(best, dataset="mnist")
+    with pytest.raises(OKDUserError, match="unknown dataset 'svhn'"):
+        okd.evaluate(best, dataset="svhn")
 
 
 def test_load_peer_is_the_peer_as_a_plain_backbone(api_runs: tuple[Path, list[dict]]) -> None:

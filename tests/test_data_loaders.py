@@ -176,7 +176,7 @@ def test_synthetic_without_crop_when_not_32():
 
 def test_config_errors():
     with pytest.raises(OKDUserError, match="known datasets: cifar100, cifar10, imagenet, folder, digits, synthetic"):
-        build_data(DataConfig(dataset="mnist"))
+        build_data(DataConfig(dataset="svhn"))  # (was "mnist", which okd now reads)
     with pytest.raises(OKDUserError, match="not divisible"):
         build_data(synthetic(batch_size=31, world_size=2))
     with pytest.raises(OKDUserError, match="rank"):

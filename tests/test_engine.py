@@ -87,7 +87,7 @@ def test_eval_reports_every_head(tmp_path: Path, capsys: pytest.CaptureFixture[s
     [
         (["--method", "nope"], "unknown method 'nope'"),
         (["--arch", "resnet9"], "unknown backbone 'resnet9'"),
-        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--dataset", "svhn"], "unknown dataset 'svhn'"),
         (["--lr", "0"], "--lr must be > 0"),
         (["--batch-size", "0"], "--batch-size must be > 0"),
         (["--method", "dml", "--num-peers", "1"], "needs --num-peers >= 2"),

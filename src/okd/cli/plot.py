@@ -14,6 +14,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "finished or not. Needs matplotlib: pip install 'okd-torch[plot]'.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, or folders searched recursively")
     p.add_argument("--out", help="write into OUT/<run name>/ instead of into each run folder")
+    p.add_argument("--by-method", metavar="PNG", help="instead, write ONE figure: the deployed test error per epoch, "
+                   "mean over the seeds of each method (one line per method, band: +- 1 std)")
     p.set_defaults(run=run)
 
 
@@ -32,6 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     require_matplotlib()
     folders = find_metric_dirs(args.runs)
+    if args.by_method:
+        from okd.report.method_curves import plot_method_curves
+
+        print(plot_method_curves(folders, args.by_method))
+        return 0
     names = labels(folders)
     for folder in folders:
         out_dir = Path(args.out) / names[folder] if args.out else folder

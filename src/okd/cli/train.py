@@ -102,6 +102,7 @@ def _peer_defaults() -> str:
 
 
 def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> None:
+    from okd.data import DATASETS
     from okd.methods import DEFAULT_METHOD, list_methods
     from okd.methods.registry import ARCH_PREFIXES
 
@@ -130,11 +131,12 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
     add_plugin_argument(what, "; saved with the run, so eval, export and --resume import it again")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", help="digits (embedded) | cifar100 | cifar10 | imagenet | folder (your images) | synthetic; "
+    data.add_argument("--dataset", help=f"{' | '.join(DATASETS)} (folder: your images; digits: embedded); "
                       "default: what --data holds, digits without --data")
-    data.add_argument("--data", help="CIFAR-10/100 archive/folder (or its parent), or an ImageNet/image-folder root with "
-                      "train/<class>/ and val/<class>/")
-    data.add_argument("--download", action="store_true", help="fetch CIFAR-10/100 into --data if missing (verifies its MD5)")
+    data.add_argument("--data", help="CIFAR-10/100 archive/folder (or its parent), an ImageNet/image-folder root with "
+                      "train/<class>/ and val/<class>/, or a folder of the four IDX files (fashion-mnist: default "
+                      "/usr/share/datasets/fashion-mnist)")
+    data.add_argument("--download", action="store_true", help="fetch CIFAR-10/100 or the IDX sets into --data if missing (verifies their MD5)")
     data.add_argument("--workers", "--num-workers", dest="workers", type=int,
                       help="image decoding processes for imagenet and folder (default: the CPUs this process may use, at most 8)")
     data.add_argument("--image-size", type=int, help="--dataset folder: train and evaluate at N x N pixels "
@@ -148,6 +150,8 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
         data.add_argument(f"--synthetic-{name}", type=int, help=f"--dataset synthetic: {what}")
     data.add_argument("--train-per-class", type=int,
                       help="keep only the first K training images of each class (a fixed few-label subset; in-memory datasets)")
+    data.add_argument("--test-per-class", type=int,
+                      help="evaluate on the first K test images of each class (a fixed, cheaper test subset; in-memory datasets)")
     data.add_argument("--sampler", help=f"training batches: auto (default: the method's; m_per_class for "
                       f"{', '.join(_methods_sampling('m_per_class'))}) | random "
                       "(a shuffled pass per epoch) | m_per_class (batch/m random classes x m samples, drawn afresh per batch)")

@@ -9,14 +9,16 @@ import torch
 from okd.data.augment import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Normalizer
 from okd.data.config import DataConfig, DataSpec, eval_batch_per_rank
 from okd.data.fingerprint import tensor_fingerprint
+from okd.data.idx import IDX_DATASETS, load_idx
 from okd.data.memory import check_fits, synthetic_bytes
 from okd.data.loaders import EvalLoader, TensorEvalLoader, TensorTrainLoader, TrainLoader
 from okd.data.sampling import SAMPLERS, check_m_per_class, make_plan
 from okd.errors import OKDUserError
 
-DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic")
+DATASETS: tuple[str, ...] = ("cifar100", "cifar10", "imagenet", "folder", "digits", "synthetic", *IDX_DATASETS)
 # Classes of each fixed dataset (a folder's come from its sub-folders, synthetic's from its option).
-NUM_CLASSES: dict[str, int] = {"cifar100": 100, "cifar10": 10, "imagenet": 1000, "digits": 10}
+NUM_CLASSES: dict[str, int] = {"cifar100": 100, "cifar10": 10, "imagenet": 1000, "digits": 10,
+                               **{name: idx.num_classes for name, idx in IDX_DATASETS.items()}}
 
 
 def known_num_classes(dataset: str, synthetic_classes: int) -> int | None:
@@ -50,6 +52,10 @@ def build_data(cfg: DataConfig) -> tuple[DataSpec, TrainLoader, EvalLoader]:
         release, mean, std = (CIFAR100, CIFAR100_MEAN, CIFAR100_STD) if name == "cifar100" else (CIFAR10, CIFAR10_MEAN, CIFAR10_STD)
         arrays, names = load_release(release, cfg.data_dir or DEFAULT_DATA_DIR, download=cfg.download)
         return in_memory(name, arrays, release.num_classes, mean, std, 4, True, cfg, device, names)
+    if name in IDX_DATASETS:
+        idx = IDX_DATASETS[name]
+        arrays = load_idx(idx, cfg.data_dir, download=cfg.download)
+        return in_memory(name, arrays, idx.num_classes, (idx.mean,) * 3, (idx.std,) * 3, idx.pad, idx.flip, cfg, device, idx.class_names)
     if name == "imagenet":
         from okd.data.imagenet import build_imagenet
 
@@ -73,8 +79,9 @@ def check_config(cfg: DataConfig) -> torch.device:
         raise OKDUserError(f"batch sizes must be positive (batch_size={cfg.batch_size}, eval_batch_size={cfg.eval_batch_size})")
     if cfg.batch_size % cfg.world_size:
         raise OKDUserError(f"the global batch size {cfg.batch_size} is not divisible by the {cfg.world_size} processes; pick a multiple of {cfg.world_size}")
-    if cfg.train_per_class is not None and cfg.dataset in ("imagenet", "folder"):
-        raise OKDUserError(f"--train-per-class works on digits, cifar10, cifar100 and synthetic data, not --dataset {cfg.dataset}")
+    for flag, value in (("--train-per-class", cfg.train_per_class), ("--test-per-class", cfg.test_per_class)):
+        if value is not None and cfg.dataset in ("imagenet", "folder"):
+            raise OKDUserError(f"{flag} works on the in-memory datasets (digits, cifar10, cifar100, fashion-mnist, mnist, kmnist, synthetic), not --dataset {cfg.dataset}")
     if cfg.sampler not in SAMPLERS:
         raise OKDUserError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
     if cfg.sampler == "m_per_class":
@@ -87,8 +94,10 @@ def check_config(cfg: DataConfig) -> torch.device:
     return device
 
 
-def first_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``per_class`` training images of every class, in training-set order.
+def first_per_class(
+    images: torch.Tensor, labels: torch.Tensor, per_class: int, num_classes: int, flag: str = "--train-per-class", split: str = "training"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``per_class`` images of every class, in the split's order.
 
     A fixed subset (it does not depend on the seed), so runs that differ only in their seed see the
     same few labelled images: the few-label regime where peers overfit and the methods separate.
@@ -98,7 +107,7 @@ def first_per_class(images: torch.Tensor, labels: torch.Tensor, per_class: int, 
     smallest = int(counts.min())
     if per_class < 1 or per_class > smallest:
         raise OKDUserError(
-            f"--train-per-class must be in [1, {smallest}] (the smallest class has {smallest} training images), got {per_class}"
+            f"{flag} must be in [1, {smallest}] (the smallest class has {smallest} {split} images), got {per_class}"
         )
     order = torch.argsort(labels, stable=True)  # grouped by class, training order kept inside a class
     starts = torch.cumsum(counts, 0) - counts
@@ -124,6 +133,8 @@ def in_memory(
     fingerprint = tensor_fingerprint(arrays, num_classes)
     if cfg.train_per_class is not None:
         train_x, train_y = first_per_class(train_x, train_y, cfg.train_per_class, num_classes)
+    if cfg.test_per_class is not None:
+        test_x, test_y = first_per_class(test_x, test_y, cfg.test_per_class, num_classes, "--test-per-class", "test")
     names = tuple(class_names) if class_names is not None else None
     spec = DataSpec(
         name, num_classes, train_x.shape[0], test_x.shape[0], int(train_x.shape[-1]), train_y.to(torch.int64).cpu(),

@@ -39,6 +39,7 @@ class DataConfig:
     synthetic_classes: int = 10
     synthetic_size: int = 32
     train_per_class: int | None = None  # keep only the first K training images of each class (few-label regimes)
+    test_per_class: int | None = None  # evaluate on the first K test images of each class (a cheaper fixed test subset)
     # --dataset folder (data/folder.py)
     image_size: int | None = None  # side of the square images; None: 32 (the CLI fills in the backbone's)
     val_split: float | None = None  # hold out this fraction of train/ per class instead of reading val/

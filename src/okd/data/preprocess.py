@@ -22,12 +22,17 @@ INTERPOLATION = "bilinear, antialiased"
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """RGB image -> shorter side resized to ``resize`` -> centre ``size`` x ``size`` crop -> (x/255 - mean)/std."""
+    """RGB image -> shorter side resized to ``resize`` -> centre crop -> ``pad`` zeros each side -> (x/255 - mean)/std.
+
+    The crop is ``size - 2 * pad`` square; ``pad`` is 0 except for the IDX sets (28x28 images
+    trained with a 2-pixel zero border at 32x32, data/idx.py).
+    """
 
     size: int
     resize: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    pad: int = 0
 
     def to_meta(self) -> dict[str, Any]:
         """Plain JSON: what a deployer (or ``from_meta``) needs to feed the exported network."""
@@ -39,7 +44,8 @@ class Preprocessing:
                 "color": "RGB",
                 "resize_shorter_side": self.resize,
                 "interpolation": INTERPOLATION,
-                "center_crop": self.size,
+                "center_crop": self.size - 2 * self.pad,
+                **({"zero_pad": self.pad} if self.pad else {}),
                 "normalize": "(pixel / 255 - mean) / std per channel",
                 "layout": "float32 [batch, 3, input_size, input_size]",
             },
@@ -50,7 +56,7 @@ class Preprocessing:
         try:
             steps = meta["preprocessing"]
             return cls(int(meta["input_size"]), int(steps["resize_shorter_side"]),
-                       tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"]))
+                       tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"]), int(steps.get("zero_pad", 0)))
         except (KeyError, TypeError, ValueError):
             raise OKDUserError(f"{source} carries no preprocessing metadata (input size, resize, mean/std); "
                                "re-export it with this okd: `okd export --checkpoint RUN ...`") from None
@@ -61,8 +67,8 @@ class Preprocessing:
         from okd.data.folder import SampleList
         from okd.data.imagenet import EvalFolder
 
-        images = EvalFolder(SampleList([(p, 0) for p in paths]), 0, len(paths), size=self.size, resize=self.resize)
-        batch = torch.stack([images[i][0] for i in range(len(images))])
+        images = EvalFolder(SampleList([(p, 0) for p in paths]), 0, len(paths), size=self.size - 2 * self.pad, resize=self.resize)
+        batch = torch.nn.functional.pad(torch.stack([images[i][0] for i in range(len(images))]), (self.pad,) * 4)
         return Normalizer(self.mean, self.std)(batch)
 
 
@@ -84,6 +90,11 @@ def preprocessing_for(dataset: str, image_size: int | None = None, synthetic_siz
         return Preprocessing(INPUT_SIZE, RESIZE, IMAGENET_MEAN, IMAGENET_STD)
     table = {"cifar100": (32, CIFAR100_MEAN, CIFAR100_STD), "cifar10": (32, CIFAR10_MEAN, CIFAR10_STD),
              "digits": (32, DIGITS_MEAN, DIGITS_STD), "synthetic": (synthetic_size, SYNTHETIC_MEAN, SYNTHETIC_STD)}
+    from okd.data.idx import IDX_DATASETS, PADDED, SIDE
+
+    if dataset in IDX_DATASETS:  # grey repeated over RGB, 28x28 with a zero border to 32x32
+        idx = IDX_DATASETS[dataset]
+        return Preprocessing(PADDED, SIDE, (idx.mean,) * 3, (idx.std,) * 3, (PADDED - SIDE) // 2)
     if dataset not in table:
         raise OKDUserError(f"no known preprocessing for dataset {dataset!r}")
     side, mean, std = table[dataset]

@@ -44,6 +44,7 @@ class TrainConfig:
     synthetic_classes: int = 10
     synthetic_size: int = 32
     train_per_class: int | None = None  # keep the first K training images of each class
+    test_per_class: int | None = None  # evaluate on the first K test images of each class
     image_size: int | None = None  # --dataset folder: square side in pixels; default: the backbone's input size
     val_split: float | None = None  # --dataset folder: hold out this fraction of train/ per class (no val/ needed)
     in_memory: str = "auto"  # --dataset folder: auto | yes (decode once, CIFAR augmentation) | no (stream)

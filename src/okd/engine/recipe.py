@@ -14,6 +14,7 @@ from okd.data import DATASETS
 from okd.data.build import known_num_classes
 from okd.data.config import check_folder_options
 from okd.data.folder import count_train_images
+from okd.data.idx import recipe_for as idx_recipe
 from okd.data.infer import infer_dataset
 from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive, replace
@@ -32,6 +33,9 @@ def dataset_recipe(dataset: str) -> dict[str, float | int]:
         return {"epochs": 100, "batch_size": 256, "lr": 0.1, "wd": 1e-4}
     if dataset in ("cifar100", "cifar10", "folder"):  # a folder of your own images starts from CIFAR's recipe, then fits it
         return {"epochs": 300, "batch_size": 128, "lr": 0.1, "wd": 5e-4}
+    idx = idx_recipe(dataset)  # IDX data sets declare their own (data/idx.py)
+    if idx is not None:
+        return idx
     if dataset == "digits":  # the embedded quick-start set: same lr/batch ratio as the reference
         return {"epochs": 30, "batch_size": 64, "lr": 0.05, "wd": 5e-4}
     return {"epochs": 2, "batch_size": 32, "lr": 0.05, "wd": 5e-4}  # synthetic smoke runs
@@ -140,6 +144,7 @@ def validate(cfg: TrainConfig, min_peers: int, allowed_shares: tuple[str, ...]) 
     for milestone in cfg.milestones or []:
         check_positive("milestones", milestone)
     check_positive("train_per_class", cfg.train_per_class)
+    check_positive("test_per_class", cfg.test_per_class)
     if cfg.sampler not in ("auto", *SAMPLERS):
         raise OKDUserError(f"--sampler must be auto, {' or '.join(SAMPLERS)}, got {cfg.sampler!r}")
     check_positive("m_per_class", cfg.m_per_class)

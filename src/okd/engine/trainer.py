@@ -111,6 +111,7 @@ def build_for_config(
         synthetic_classes=cfg.synthetic_classes,
         synthetic_size=cfg.synthetic_size,
         train_per_class=cfg.train_per_class,
+        test_per_class=cfg.test_per_class,
         image_size=cfg.image_size,
         val_split=cfg.val_split,
         in_memory=cfg.in_memory,

@@ -85,6 +85,12 @@ class OKDMethod(nn.Module):
         return {}
 
     @classmethod
+    def run_label(cls, config: dict[str, Any]) -> str:
+        """How a run with the saved flat ``config`` (its method options among the keys) is named where
+        methods are compared: the method's name, or a variant compared as a method of its own."""
+        return cls.name
+
+    @classmethod
     def stand_in_per_class(cls, num_classes: int, options: OptionValues) -> int:
         """Training samples per class of the smallest stand-in set this method can be built on (with
         these checked ``options``), so a trained method is rebuilt without its data: its training-set

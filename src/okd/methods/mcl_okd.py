@@ -92,6 +92,12 @@ class MCLOKD(OKDMethod):
         return values
 
     @classmethod
+    def run_label(cls, config: dict[str, Any]) -> str:
+        """alpha 0 (no DOT loss) is the paper's "+MCL" ablation: compared as a method of its own."""
+        alpha = config.get("alpha")
+        return f"{cls.name} (alpha 0)" if alpha is not None and float(alpha) == 0 else cls.name
+
+    @classmethod
     def stand_in_per_class(cls, num_classes: int, options: OptionValues) -> int:
         """Enough samples of the other classes for ``nce_k`` negatives without replacement."""
         return math.ceil(options.nce_k / max(num_classes - 1, 1)) + 1

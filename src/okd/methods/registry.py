@@ -12,7 +12,7 @@ from okd.methods.options import Option, check_values
 from okd.methods.base import DatasetInfo, OKDMethod
 from okd.models.registry import parse_arch
 
-DEFAULT_METHOD = "baseline"  # what --method is unless given: one network per peer, no distillation
+DEFAULT_METHOD = "baseline"  # what --method is unless given: one network per peer, no distillation (the reference line)
 
 # Reference prefixes of --arch, longest first so "mcl_okd_" wins over shorter ones.
 ARCH_PREFIXES = {"mcl_okd_": "mcl_okd", "cl_ilr_": "cl_ilr", "okddip_": "okddip", "dml_": "dml", "one_": "one"}

@@ -1,0 +1,34 @@
+"""scripts/fashion_mnist_comparison.sh plans every registered method x seed, skips finished runs, resumes the rest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from okd.methods import list_methods
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fashion_mnist_comparison.sh"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("xargs") is None, reason="needs bash and xargs")
+def test_plan_skips_finished_and_resumes_interrupted(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    done = root / "fashion-mnist" / "resnet32" / "dml" / "seed0"
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text('{"finished": true}')
+    cut = root / "fashion-mnist" / "resnet32" / "kdcl" / "seed1"
+    cut.mkdir(parents=True)
+    (cut / "last.pt").write_bytes(b"")
+    env = {**os.environ, "OKD": "echo", "PYTHON": sys.executable, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(["bash", str(SCRIPT), str(root), "1", "0 1"], env=env, capture_output=True, text=True, check=True).stdout
+    planned = {(w[w.index("--method") + 1], w[w.index("--seed") + 1]): w for w in (line.split() for line in out.splitlines())}
+    assert set(planned) == {(m, s) for m in list_methods() for s in "01"} - {("dml", "0")}
+    assert planned[("kdcl", "1")][-1] == "--resume" and planned[("kdcl", "0")][-1] == "--overwrite"
+    assert planned[("baseline", "0")][planned[("baseline", "0")].index("--num-peers") + 1] == "1"
+    assert all(w[w.index("--num-peers") + 1] == "2" for (m, _), w in planned.items() if m != "baseline")
+    assert all("--test-per-class" in w and "fashion-mnist" in w for w in planned.values())
