@@ -8,7 +8,8 @@ digests and compares them with ``fixtures/golden_digests.json``.
 
 Regenerate (only when a step is *meant* to change, and say why in the commit)::
 
-    PYTHONPATH=src python tests/make_golden.py
+    PYTHONPATH=src python tests/make_golden.py            # every method
+    PYTHONPATH=src python tests/make_golden.py okdph      # only these; the others' digests stay as stored
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ FIXTURE = Path(__file__).parent / "fixtures" / "golden_digests.json"
 
 # The smallest settings that still run each method's distinctive parts: MCL-OKD's memory banks and
 # class-aware negatives (nce_k 4 of 3 other classes' 12 samples), PCL's EMA shadow and views,
-# KDCL's per-peer views and its soft-target rule, MCL's m-per-class batches.
+# KDCL's per-peer views and its soft-target rule, MCL's m-per-class batches, L-MCL's meta step on
+# both steps (its weight network's momentum too), OKDPH's hybrid and its fusion after every batch,
+# SwitOKD's two parameter groups and its switch (with this seed: one learning, one expert step).
 COMMON: dict[str, Any] = dict(
     dataset="synthetic", synthetic_train=48, synthetic_test=16, synthetic_classes=4, synthetic_size=8,
     arch="resnet32", epochs=1, limit_batches=2, batch_size=8, eval_batch_size=16, seed=3, device="cpu",
@@ -42,6 +45,9 @@ RUNS: dict[str, dict[str, Any]] = {
     "kdcl": {"num_peers": 2, "kdcl_rule": "linear"},
     "pcl": {"num_peers": 2, "rampup_epochs": 1},
     "mcl": {"num_peers": 2, "mcl_logit_distill": True},
+    "lmcl": {"num_peers": 2, "lmcl_meta_freq": 1},
+    "okdph": {"num_peers": 2, "fusion_interval": "1_batch"},
+    "switokd": {"num_peers": 2, "student_lr_scale": 0.1},
 }
 
 
@@ -78,13 +84,13 @@ def digest_run(method: str, folder: Path) -> dict[str, str]:
 RECIPE_CASES = [(d, a) for d in ("digits", "synthetic", "cifar100", "imagenet") for a in ("resnet32", "vgg16", "resnet34")]
 
 
-def resolved_recipes() -> dict[str, dict[str, Any]]:
+def resolved_recipes(methods: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """The resolved config (every engine and method value, flat) of each method x dataset x backbone,
     so a change to how recipes are declared cannot change what they fill in."""
     from okd.engine.options import train_config
 
     out = {}
-    for method in RUNS:
+    for method in methods or RUNS:
         for dataset, arch in RECIPE_CASES:
             data = {"data": "/nonexistent"} if dataset in ("cifar100", "imagenet") else {}
             cfg = train_config({"method": method, "dataset": dataset, "arch": arch, **data})
@@ -106,7 +112,9 @@ def compute(methods: list[str] | None = None) -> dict[str, dict[str, str]]:
 
 
 if __name__ == "__main__":
-    digests = compute(sys.argv[1:] or None)
-    recipes = resolved_recipes()
+    named = sys.argv[1:]
+    kept = json.loads(FIXTURE.read_text()) if named and FIXTURE.exists() else {"digests": {}, "recipes": {}}
+    digests = {**kept["digests"], **compute(named or None)}
+    recipes = {**kept["recipes"], **resolved_recipes(named or None)}
     FIXTURE.write_text(json.dumps({"torch": torch.__version__, "digests": digests, "recipes": recipes}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {FIXTURE}: {len(digests)} methods")

@@ -82,3 +82,39 @@ def test_benchmarks_use_public_names_only() -> None:
                for node in ast.walk(ast.parse(p.read_text())) if isinstance(node, ast.ImportFrom) and node.module
                and node.module.startswith("okd") for a in node.names if a.name.startswith("_")]
     assert private == []
+
+
+# report modules that print or rebuild the paper's tables: the one place outside methods/ that names methods
+PAPER_TABLES = {"collect.py", "paper.py", "render.py", "reproduce.py", "tables.py"}
+
+
+def _code_words(path: Path) -> list[tuple[int, str]]:
+    """Attribute names, string constants and the flags inside strings of ``path`` (docstrings and comments
+    aside), with their lines."""
+    tree = ast.parse(path.read_text())
+    docs = {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    words = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            words.append((node.lineno, node.attr))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+            words += [(node.lineno, node.value), *((node.lineno, w) for w in node.value.split() if w.startswith("-"))]
+    return words
+
+
+def test_engine_cli_data_and_report_name_no_method_and_no_method_option() -> None:
+    """A method's name, option or flag in the engine, the CLI, the data or the report (but its paper
+    tables) is knowledge that belongs in the method's own file: a new method would have to edit them."""
+    import okd.methods
+    from okd.methods.base import REGISTRY
+
+    options = [o for cls in REGISTRY.values() for o in cls.declared_options()]
+    names = set(REGISTRY) | {o.name for o in options} | {f for o in options for f in o.flags}
+    src = ROOT / "src" / "okd"
+    files = [*(p for layer in ("engine", "cli", "data", "report") for p in (src / layer).rglob("*.py")), src / "api.py"]
+    leaks = [f"{p.relative_to(src)}:{line}: {word}" for p in files if p.name not in PAPER_TABLES or p.parent.name != "report"
+             for line, word in _code_words(p) if word.rstrip(",.;:)") in names]
+    assert len(names) > len(okd.methods.list_methods()) > 0
+    assert leaks == []

@@ -61,6 +61,20 @@ def test_missing_dataset_and_too_large_k_are_user_errors() -> None:
         build_method("mcl_okd", "resnet32", NUM_CLASSES, 4, dataset=_dataset())
 
 
+def test_the_stand_in_set_is_the_smallest_that_builds() -> None:
+    """What export rebuilds a checkpoint on: enough other-class samples for nce_k (the default two per
+    class, what another method gets, would not do)."""
+    from okd.methods import stand_in_dataset
+
+    info = stand_in_dataset("mcl_okd", 4, nce_k=7, kd_t=None, kdcl_rule="naive")  # ceil(7 / 3) + 1 = 4 per class
+    assert info.num_train == 16 and torch.equal(torch.bincount(info.train_targets), torch.full((4,), 4))
+    build_method("mcl_okd", "resnet32", 4, 2, dataset=info, nce_k=7)
+    two_each = stand_in_dataset("dml", 4, nce_k=7)
+    assert two_each.num_train == 8
+    with pytest.raises(OKDUserError, match=r"nce_k=7 is larger than the 6 negatives"):
+        build_method("mcl_okd", "resnet32", 4, 2, dataset=two_each, nce_k=7)
+
+
 def test_forward_puts_unit_embeddings_in_extras() -> None:
     method = _method()
     output = method(_batch().images)

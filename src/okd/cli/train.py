@@ -86,6 +86,12 @@ def _heterogeneous_methods() -> list[str]:
     return [name for name in list_methods() if get_method_class(name).supports_heterogeneous]
 
 
+def _methods_sampling(sampler: str) -> list[str]:
+    from okd.methods import get_method_class, list_methods
+
+    return [name for name in list_methods() if get_method_class(name).train_sampler == sampler]
+
+
 def _peer_defaults() -> str:
     """``"; baseline 1; pcl 3"``: the methods whose recipe sets another cohort size (on one backbone)."""
     from okd.engine.recipe import DEFAULT_PEERS
@@ -97,7 +103,8 @@ def _peer_defaults() -> str:
 
 def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> None:
     from okd.data import DATASETS
-    from okd.methods import list_methods
+    from okd.methods import DEFAULT_METHOD, list_methods
+    from okd.methods.registry import ARCH_PREFIXES
 
     p = sub.add_parser(
         "train",
@@ -107,17 +114,17 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
         argument_default=SUPPRESS,
     )
     what = p.add_argument_group("what to train")
-    what.add_argument("--method", help=f"{' | '.join(list_methods())} (default: baseline)")
-    what.add_argument("--arch", help="backbone, or the reference's <method>_<backbone> (e.g. dml_resnet32), or a timm / "
+    what.add_argument("--method", help=f"{' | '.join(list_methods())} (default: {DEFAULT_METHOD})")
+    what.add_argument("--arch", help=f"backbone, or the reference's <method>_<backbone> (e.g. {min(ARCH_PREFIXES, key=len)}resnet32), or a timm / "
                       "torchvision classifier as timm:NAME or tv:NAME (e.g. timm:resnet18, tv:mobilenet_v3_small); default "
                       "resnet32. One backbone per peer, comma-separated (e.g. resnet32,resnet110), for methods whose peers "
                       f"are independent networks ({', '.join(_heterogeneous_methods())}): their peers then share nothing (--share none)")
     what.add_argument("--num-peers", "--num-branches", dest="num_peers", type=int,
                       help=f"peers in the cohort (default 4{_peer_defaults()}; --arch a,b: the number of backbones)")
     what.add_argument("--share", help="none | early | late | tree (default: the method's; none for --arch a,b)")
-    what.add_argument("--early", help="stage where 'early' sharing ends, i.e. the first per-peer stage for DML/MCL-OKD "
+    what.add_argument("--early", help="stage where 'early' sharing ends, i.e. the first per-peer stage with --share early "
                       "(default: the backbone's; `okd models --arch NAME` lists the stages)")
-    what.add_argument("--late", help="stage where 'late' sharing ends, i.e. the first per-peer stage for ONE/OKDDip "
+    what.add_argument("--late", help="stage where 'late' sharing ends, i.e. the first per-peer stage with --share late "
                       "(default: the backbone's last feature stage)")
     _bool_pair(what, "pretrained", "timm:/tv: backbones: start every peer from the library's pretrained weights, "
                "from the local cache only (never downloaded)")
@@ -145,7 +152,8 @@ def add_parser(sub: argparse._SubParsersAction, method: str | None = None) -> No
                       help="keep only the first K training images of each class (a fixed few-label subset; in-memory datasets)")
     data.add_argument("--test-per-class", type=int,
                       help="evaluate on the first K test images of each class (a fixed, cheaper test subset; in-memory datasets)")
-    data.add_argument("--sampler", help="training batches: auto (default: the method's; m_per_class for mcl) | random "
+    data.add_argument("--sampler", help=f"training batches: auto (default: the method's; m_per_class for "
+                      f"{', '.join(_methods_sampling('m_per_class'))}) | random "
                       "(a shuffled pass per epoch) | m_per_class (batch/m random classes x m samples, drawn afresh per batch)")
     data.add_argument("--m-per-class", type=int, help="--sampler m_per_class: samples of each class in a batch (default 2)")
 

@@ -57,14 +57,15 @@ def coerce(name: str, kind: str, value: Any) -> Any:
 
 
 def check_range(name: str, value: float | int | None, minimum: float | None = None, maximum: float | None = None,
-                exclusive_minimum: bool = False, exclusive_maximum: bool = False) -> None:
-    """Finite and inside the bounds, or one line naming the flag, the range and the value given."""
+                exclusive_minimum: bool = False, exclusive_maximum: bool = False, why: str = "") -> None:
+    """Finite and inside the bounds, or one line naming the flag, the range (then ``why``, e.g. " (the
+    original code uses 0.1)") and the value given."""
     if value is None or isinstance(value, bool):
         return
     low_bad = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
     high_bad = maximum is not None and (value >= maximum if exclusive_maximum else value > maximum)
     if low_bad or high_bad or (isinstance(value, float) and not math.isfinite(value)):
-        raise OKDUserError(f"{flag_name(name)} must be {describe_range(minimum, maximum, exclusive_minimum, exclusive_maximum)}, "
+        raise OKDUserError(f"{flag_name(name)} must be {describe_range(minimum, maximum, exclusive_minimum, exclusive_maximum)}{why}, "
                            f"got {value}")
 
 

@@ -20,18 +20,18 @@ import yaml
 
 from okd.common.values import coerce
 from okd.errors import OKDUserError
-from okd.methods import all_options
+from okd.methods import DEFAULT_METHOD, all_options
 
 
 @dataclass
 class TrainConfig:
     # what to train
-    method: str = "baseline"
+    method: str = DEFAULT_METHOD
     arch: str = "resnet32"
-    num_peers: int | None = None  # recipe: 1 for baseline, 3 for pcl, 4 for every other OKD method
+    num_peers: int | None = None  # recipe: the method's cohort size (4 unless its recipe says otherwise)
     share: str | None = None  # none | early | late | tree; default: the method's own
-    early: str | None = None  # stage where DML/MCL-OKD peers stop sharing; default: the backbone's
-    late: str | None = None  # stage where ONE/OKDDip peers stop sharing; default: the backbone's
+    early: str | None = None  # stage where --share early peers stop sharing; default: the backbone's
+    late: str | None = None  # stage where --share late peers stop sharing; default: the backbone's
     pretrained: bool = False  # timm:/tv: backbones: start every peer from locally cached weights
     plugins: list[str] | None = None  # modules imported first: they register the user's backbones/methods
     # data
@@ -48,7 +48,7 @@ class TrainConfig:
     image_size: int | None = None  # --dataset folder: square side in pixels; default: the backbone's input size
     val_split: float | None = None  # --dataset folder: hold out this fraction of train/ per class (no val/ needed)
     in_memory: str = "auto"  # --dataset folder: auto | yes (decode once, CIFAR augmentation) | no (stream)
-    sampler: str = "auto"  # auto (the method's: m_per_class for MCL, else random) | random | m_per_class
+    sampler: str = "auto"  # auto (the method's train_sampler) | random | m_per_class
     m_per_class: int = 2  # samples of each class in a batch with the m_per_class sampler
     # optimisation (None = the recipe's value, see recipe())
     epochs: int | None = None

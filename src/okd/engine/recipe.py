@@ -20,7 +20,7 @@ from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive, replace
 from okd.engine.data_recipe import own_data_recipe
 from okd.errors import OKDUserError
-from okd.methods import OKDMethod, all_options, get_method_class, resolve_method_name, split_arch
+from okd.methods import DEFAULT_METHOD, OKDMethod, all_options, get_method_class, resolve_method_name, split_arch
 from okd.methods.options import check_values
 from okd.models import SHARE_MODES, create_backbone, format_arch
 
@@ -89,7 +89,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     names = backbone.split(",")
     method = resolve_method_name(cfg.method)
     if method_from_arch is not None:
-        if cfg.method not in ("baseline", method_from_arch) and method != method_from_arch:
+        if cfg.method not in (DEFAULT_METHOD, method_from_arch) and method != method_from_arch:
             raise OKDUserError(f"--arch {cfg.arch} selects method {method_from_arch!r} but --method is {cfg.method!r}")
         method = method_from_arch
     dataset = cfg.dataset.lower()

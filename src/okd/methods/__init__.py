@@ -4,6 +4,7 @@ from okd.methods import baseline, cl_ilr, dml, kdcl, lmcl, mcl, mcl_okd, okddip,
 from okd.methods.base import DatasetInfo, OKDMethod
 from okd.methods.options import Option, OptionValues
 from okd.methods.registry import (
+    DEFAULT_METHOD,
     all_options,
     build_method,
     get_method_class,
@@ -11,9 +12,11 @@ from okd.methods.registry import (
     register_method,
     resolve_method_name,
     split_arch,
+    stand_in_dataset,
 )
 
 __all__ = [
+    "DEFAULT_METHOD",
     "DatasetInfo",
     "OKDMethod",
     "Option",
@@ -25,4 +28,5 @@ __all__ = [
     "register_method",
     "resolve_method_name",
     "split_arch",
+    "stand_in_dataset",
 ]

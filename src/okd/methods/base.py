@@ -33,6 +33,12 @@ class DatasetInfo:
     num_classes: int
     train_targets: torch.Tensor  # [num_train] int64 labels, in training-index order
 
+    @classmethod
+    def balanced(cls, num_classes: int, per_class: int) -> "DatasetInfo":
+        """``per_class`` labels of each class (labels 0, 1, ..., C-1, 0, 1, ...): a stand-in training set."""
+        targets = torch.arange(num_classes * per_class) % num_classes
+        return cls(num_train=targets.numel(), num_classes=num_classes, train_targets=targets)
+
 
 class OKDMethod(nn.Module):
     """A cohort plus whatever heads its method needs; ``forward`` runs all trainable parts.
@@ -77,6 +83,19 @@ class OKDMethod(nn.Module):
         ``lr``, ``batch_size``, ``wd``...) and this method's own options. They fill only what the user
         left unset; the engine's dataset recipe fills the rest."""
         return {}
+
+    @classmethod
+    def run_label(cls, config: dict[str, Any]) -> str:
+        """How a run with the saved flat ``config`` (its method options among the keys) is named where
+        methods are compared: the method's name, or a variant compared as a method of its own."""
+        return cls.name
+
+    @classmethod
+    def stand_in_per_class(cls, num_classes: int, options: OptionValues) -> int:
+        """Training samples per class of the smallest stand-in set this method can be built on (with
+        these checked ``options``), so a trained method is rebuilt without its data: its training-set
+        sized state is not loaded. Two by default (every sample has a same-class partner)."""
+        return 2
 
     @classmethod
     def plan_cohort(cls, backbone: str | Sequence[str], num_peers: int, share: str | None) -> tuple[list[str], str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import math
 import re
 from collections.abc import Sequence
 
@@ -33,41 +32,15 @@ from okd.losses.contrastive import l2_normalise
 from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.lmcl import aggregate_logits, lmcl_terms, pair_weights
 from okd.methods.base import OKDMethod
-from okd.methods.mcl import projection_head
+from okd.methods.mcl import MCL, projection_head
 from okd.methods.meta_sgd import meta_hypergradient
-from okd.methods.options import Option
+from okd.methods.options import Option, temperature
 from okd.methods.registry import register_method
 from okd.models import CohortOutput, create_backbone
 
-# The options L-MCL declares: (name, type, default, help, minimum, exclusive minimum). Shared names
-# (kd_t, feat_dim, mcl_*) mean what they mean for MCL; only the meta step's two are L-MCL's own.
-options = (
-    ("kd_t", float, 3.0, "temperature of the soft contrastive terms and the logit distillation", 0.0, True),
-    ("feat_dim", int, 128, "embedding size", 1, False),
-    ("mcl_tau", float, 0.1, "temperature of the embedding similarities", 0.0, True),
-    ("mcl_vcl", float, 0.1, "weight of the intra-network contrast (the code's alpha)", 0.0, False),
-    ("mcl_icl", float, 0.1, "weight of the inter-network contrast (beta)", 0.0, False),
-    ("mcl_soft_vcl", float, 1.0, "weight of the soft intra-network term (gamma)", 0.0, False),
-    ("mcl_soft_icl", float, 1.0, "weight of the soft inter-network term (lam)", 0.0, False),
-    ("lmcl_meta_freq", int, 50, "a meta step every N steps of an epoch (its first included; 0: never)", 0, False),
-    ("lmcl_meta_steps", int, 2, "virtual SGD steps on the contrastive loss per meta step (the code's --times)", 1, False),
-)
-ALIASES = {"lmcl_meta_freq": ("--meta-freq",), "lmcl_meta_steps": ("--times",), "kd_t": ("--kd_T", "--kd-T")}  # the code's flags
 WEIGHT_NET_DIM = 128  # the code's LossWeightNetwork projects every head's feature to 128-d
-
-
-def _checked(values: dict[str, object]) -> dict[str, object]:
-    out = {}
-    for name, kind, default, _help, minimum, exclusive in options:
-        value = values.get(name)
-        value = default if value is None else value
-        if kind is int and (isinstance(value, bool) or not float(value).is_integer()):
-            raise OKDUserError(f"--{name.replace('_', '-')} must be a whole number, got {value}")
-        value = kind(value)
-        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
-            raise OKDUserError(f"--{name.replace('_', '-')} must be {'>' if exclusive else '>='} {minimum}, got {value}")
-        out[name] = value
-    return out
+# The options L-MCL shares with MCL: the same meaning, default and range, declared once in methods/mcl.py.
+MCL_OPTIONS = {o.name: o for o in MCL.options}
 
 
 def _aux_branch(name: str, num_classes: int, start: str) -> nn.ModuleDict:
@@ -99,38 +72,28 @@ class LMCL(OKDMethod):
     allowed_shares = ("none",)
     train_sampler = "m_per_class"
     supports_heterogeneous = True
-    options = tuple(Option(name, kind, default, help, minimum=minimum, exclusive_minimum=exclusive,
-                           aliases=ALIASES.get(name, ())) for name, kind, default, help, minimum, exclusive in options)
+    # MCL's knobs, then the meta step's two (aliases: the official code's flags).
+    options = (
+        temperature(3.0, "temperature of the soft contrastive terms and the logit distillation"),
+        *(MCL_OPTIONS[name] for name in ("feat_dim", "mcl_tau", "mcl_vcl", "mcl_icl", "mcl_soft_vcl", "mcl_soft_icl")),
+        Option("lmcl_meta_freq", int, 50, "a meta step every N steps of an epoch (its first included; 0: never)",
+               minimum=0, aliases=("--meta-freq",)),
+        Option("lmcl_meta_steps", int, 2, "virtual SGD steps on the contrastive loss per meta step (the code's --times)",
+               minimum=1, aliases=("--times",)),
+    )
 
     @classmethod
     def recipe(cls, dataset: str, backbones: list[str]) -> dict[str, Any]:
         """The paper's cohort of 2 networks (or one per backbone given)."""
         return {"num_peers": len(backbones) if len(backbones) > 1 else 2}
 
-    def __init__(
-        self,
-        backbone: str | Sequence[str],
-        num_classes: int,
-        num_peers: int,
-        share: str | None = None,
-        *,
-        kd_t: float | None = None,
-        feat_dim: int | None = None,
-        mcl_tau: float | None = None,
-        mcl_vcl: float | None = None,
-        mcl_icl: float | None = None,
-        mcl_soft_vcl: float | None = None,
-        mcl_soft_icl: float | None = None,
-        lmcl_meta_freq: int | None = None,
-        lmcl_meta_steps: int | None = None,
-    ) -> None:
-        opt = _checked(dict(kd_t=kd_t, feat_dim=feat_dim, mcl_tau=mcl_tau, mcl_vcl=mcl_vcl, mcl_icl=mcl_icl,
-                            mcl_soft_vcl=mcl_soft_vcl, mcl_soft_icl=mcl_soft_icl, lmcl_meta_freq=lmcl_meta_freq,
-                            lmcl_meta_steps=lmcl_meta_steps))
-        super().__init__(backbone, num_classes, num_peers, share or "none", **opt)
-        self.kd_t, self.tau = float(opt["kd_t"]), float(opt["mcl_tau"])
-        self.meta_freq, self.meta_steps = int(opt["lmcl_meta_freq"]), int(opt["lmcl_meta_steps"])
-        self.weights = {"vcl": opt["mcl_vcl"], "icl": opt["mcl_icl"], "soft_vcl": opt["mcl_soft_vcl"], "soft_icl": opt["mcl_soft_icl"]}
+    def __init__(self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None,
+                 **options: Any) -> None:
+        super().__init__(backbone, num_classes, num_peers, share or "none", **options)
+        opt = self.opt
+        self.kd_t, self.tau = float(opt.kd_t), float(opt.mcl_tau)
+        self.meta_freq, self.meta_steps = int(opt.lmcl_meta_freq), int(opt.lmcl_meta_steps)
+        self.weights = {"vcl": opt.mcl_vcl, "icl": opt.mcl_icl, "soft_vcl": opt.mcl_soft_vcl, "soft_icl": opt.mcl_soft_icl}
         self.branch_points: list[list[str]] = []
         self.aux = nn.ModuleList()
         for name in self.backbone_names:
@@ -140,7 +103,7 @@ class LMCL(OKDMethod):
             self.aux.append(nn.ModuleList(_aux_branch(name, num_classes, p) for p in points))
         dims = self.cohort.feature_dims
         heads = [len(p) + 1 for p in self.branch_points]
-        self.embed = nn.ModuleList(nn.ModuleList(projection_head(d, int(opt["feat_dim"])) for _ in range(h)) for d, h in zip(dims, heads))
+        self.embed = nn.ModuleList(nn.ModuleList(projection_head(d, int(opt.feat_dim)) for _ in range(h)) for d, h in zip(dims, heads))
         self.aggregator = nn.ModuleList(projection_head_gate(d, h) for d, h in zip(dims, heads))
         self.weight_net = nn.ModuleList(nn.ModuleList(nn.Linear(d, WEIGHT_NET_DIM) for _ in range(h)) for d, h in zip(dims, heads))
         for p in self.weight_net.parameters():

@@ -34,7 +34,7 @@ from okd.losses.contrastive import (
 from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.negatives import ClassIndex, build_class_index, check_num_negatives, contrast_indices
 from okd.methods.base import DatasetInfo, OKDMethod
-from okd.methods.options import Option, check_values, temperature, temperature_floor
+from okd.methods.options import Option, OptionValues, check_values, temperature, temperature_floor
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -90,6 +90,17 @@ class MCLOKD(OKDMethod):
         elif dataset in ("cifar100", "cifar10", "folder"):
             values.update(OPTIMISATION["cifar"])
         return values
+
+    @classmethod
+    def run_label(cls, config: dict[str, Any]) -> str:
+        """alpha 0 (no DOT loss) is the paper's "+MCL" ablation: compared as a method of its own."""
+        alpha = config.get("alpha")
+        return f"{cls.name} (alpha 0)" if alpha is not None and float(alpha) == 0 else cls.name
+
+    @classmethod
+    def stand_in_per_class(cls, num_classes: int, options: OptionValues) -> int:
+        """Enough samples of the other classes for ``nce_k`` negatives without replacement."""
+        return math.ceil(options.nce_k / max(num_classes - 1, 1)) + 1
 
     def __init__(self, backbone: str, num_classes: int, num_peers: int, share: str | None = None,
                  dataset: DatasetInfo | None = None, **options: Any) -> None:

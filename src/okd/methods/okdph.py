@@ -8,7 +8,6 @@ the mean of the students' parameters and buffers, runs on one more view, and eve
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -47,13 +46,6 @@ def parse_interval(text: str) -> tuple[int, str]:
     return int(count), level
 
 
-def _check_unit(flag: str, why: str) -> Callable[[float], None]:
-    def check(value: float) -> None:
-        if not 0.0 <= value <= 1.0:
-            raise OKDUserError(f"{flag} must be in [0, 1] ({why}), got {value}")
-    return check
-
-
 @register_method
 class OKDPH(OKDMethod):
     """L = sum_i [omega CE(z_i) + (1 - omega) CE(z_h) + beta KL_T(z_i || sg mean(z_1..z_N, z_h))].
@@ -72,11 +64,11 @@ class OKDPH(OKDMethod):
 
     options = (
         temperature(4.0, "temperature of the distillation from the mean of all networks"),
-        Option("omega", float, 0.8, "each student's CE weight; the hybrid's CE gets 1 - omega",
-               check=_check_unit("--omega", "OKDPH's CIFAR-100 ResNet-32 run uses 1.0")),
+        Option("omega", float, 0.8, "each student's CE weight; the hybrid's CE gets 1 - omega", minimum=0.0, maximum=1.0,
+               why="OKDPH's CIFAR-100 ResNet-32 run uses 1.0"),
         Option("beta", float, 0.8, "distillation weight", minimum=0.0, aliases=("-b",)),
-        Option("gamma", float, 0.5, "fusion ratio: student <- gamma hybrid + (1 - gamma) student",
-               check=_check_unit("--gamma", "for okdph, the fusion ratio")),
+        Option("gamma", float, 0.5, "fusion ratio: student <- gamma hybrid + (1 - gamma) student", minimum=0.0,
+               maximum=1.0, why="for okdph, the fusion ratio"),
         Option("fusion_interval", str, "1_epoch", "fuse the students towards the hybrid every N batches or epochs: "
                "5_batch, 1_epoch or off", check=lambda text: parse_interval(text) and None),
         Option("hybrid_grad", str, "code", "code: the hybrid's CE trains nothing, as the official code; paper: it "

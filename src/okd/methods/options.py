@@ -33,6 +33,7 @@ class Option:
     exclusive_minimum: bool = False
     exclusive_maximum: bool = False
     aliases: tuple[str, ...] = ()  # extra command-line spellings, e.g. "--kd_T", "-a"
+    why: str = ""  # said in the refusal of a value outside the range or choices, e.g. what the original code uses
     check: Callable[[Any], None] | None = None  # a rule the fields cannot say; raises OKDUserError
 
     def __post_init__(self) -> None:
@@ -66,10 +67,11 @@ class Option:
             value = value.lower()
         if self.check is not None:
             self.check(value)
+        why = f" ({self.why})" if self.why else ""
         if self.choices and value not in self.choices:
-            raise OKDUserError(f"{self.flag} must be {' or '.join(self.choices)}, got {value!r}")
+            raise OKDUserError(f"{self.flag} must be {' or '.join(self.choices)}{why}, got {value!r}")
         if self.type in (int, float):
-            check_range(self.name, value, self.minimum, self.maximum, self.exclusive_minimum, self.exclusive_maximum)
+            check_range(self.name, value, self.minimum, self.maximum, self.exclusive_minimum, self.exclusive_maximum, why)
         return value
 
 

@@ -8,9 +8,11 @@ from typing import Any
 
 from okd.errors import OKDUserError
 from okd.methods.base import REGISTRY as _METHODS
-from okd.methods.options import Option
+from okd.methods.options import Option, check_values
 from okd.methods.base import DatasetInfo, OKDMethod
 from okd.models.registry import parse_arch
+
+DEFAULT_METHOD = "baseline"  # what --method is unless given: one network per peer, no distillation (the reference line)
 
 # Reference prefixes of --arch, longest first so "mcl_okd_" wins over shorter ones.
 ARCH_PREFIXES = {"mcl_okd_": "mcl_okd", "cl_ilr_": "cl_ilr", "okddip_": "okddip", "dml_": "dml", "one_": "one"}
@@ -82,11 +84,24 @@ def build_method(
             f"method {cls.name!r} does not support --share {share!r}; choose one of {', '.join(cls.allowed_shares)}"
         )
     accepted = inspect.signature(cls.__init__).parameters
-    declared = {option.name for option in cls.declared_options()}
-    kwargs = {k: v for k, v in options.items() if k in declared and v is not None}
+    kwargs = _own_options(cls, options)
     if "dataset" in accepted:
         kwargs["dataset"] = dataset
     return cls(backbone=backbone, num_classes=num_classes, num_peers=num_peers, share=share, **kwargs)
+
+
+def _own_options(cls: type[OKDMethod], options: dict[str, Any]) -> dict[str, Any]:
+    """The values ``options`` gives for the options ``cls`` declares (``None``: unset)."""
+    declared = {option.name for option in cls.declared_options()}
+    return {k: v for k, v in options.items() if k in declared and v is not None}
+
+
+def stand_in_dataset(name: str, num_classes: int, **options: Any) -> DatasetInfo:
+    """A balanced label set just large enough for method ``name`` with ``options``
+    (``OKDMethod.stand_in_per_class``): what a trained method is rebuilt on without its data."""
+    cls = get_method_class(name)
+    values = check_values(cls.name, cls.declared_options(), _own_options(cls, options), fill=True)
+    return DatasetInfo.balanced(num_classes, cls.stand_in_per_class(num_classes, values))
 
 
 def all_options() -> dict[str, Option]:

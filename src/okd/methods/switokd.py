@@ -39,11 +39,6 @@ def parse_threshold(value: str | float) -> float | None:
     return number
 
 
-def _check_lr_scale(value: float) -> None:
-    if not value > 0:
-        raise OKDUserError(f"--student-lr-scale must be > 0 (SwitOKD's CIFAR-100 code uses 0.1), got {value}")
-
-
 @register_method
 class SwitOKD(OKDMethod):
     """L_s = CE(z_s) + KL(p_t || p_s) with p_t detached, every step; L_t = CE(z_t) + KL(p_s || p_t) with
@@ -65,7 +60,7 @@ class SwitOKD(OKDMethod):
         Option("switch_threshold", str, "adaptive", "adaptive (the paper's delta) or a fixed gap threshold in [0, 2]",
                check=lambda value: parse_threshold(value) and None),
         Option("student_lr_scale", float, 1.0, "the student's learning rate as a multiple of --lr (CIFAR-100 recipe: "
-               "0.1, as its code)", check=_check_lr_scale),
+               "0.1, as its code)", minimum=0.0, exclusive_minimum=True, why="SwitOKD's CIFAR-100 code uses 0.1"),
     )
 
     def __init__(self, backbone: str | Sequence[str], num_classes: int, num_peers: int, share: str | None = None,

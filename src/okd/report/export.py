@@ -8,8 +8,9 @@ needs the whole cohort and the method's own ensemble rule (ONE: its gate), so it
 as a traced graph (TorchScript or ONNX) only.
 
 Rebuilding a method needs no data: class count comes from the classifier's weight, and methods
-that size state by the training set (MCL-OKD's memory banks) get a small stand-in set; that state
-is training-only, is not loaded, and is emptied before export (a check proves the outputs unchanged).
+that size state by the training set get a small stand-in set of the size the method asks for
+(``OKDMethod.stand_in_per_class``); that state is training-only, is not loaded, and is emptied
+before export (a check proves the outputs unchanged).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -56,15 +56,6 @@ class Loaded:
         return self.preprocessing.size
 
 
-def _stand_in_dataset(num_classes: int, nce_k: int | None) -> Any:
-    """A balanced label set just large enough for any per-class negative count the method checks."""
-    from okd.methods import DatasetInfo
-
-    per_class = math.ceil((nce_k or 1) / max(num_classes - 1, 1)) + 1
-    targets = torch.arange(num_classes * per_class) % num_classes
-    return DatasetInfo(num_train=targets.numel(), num_classes=num_classes, train_targets=targets)
-
-
 def load_method(path: str | Path, plugins: list[str] | None = None) -> Loaded:
     """The trained method of a checkpoint, on the CPU in eval mode, without touching the dataset.
 
@@ -73,7 +64,7 @@ def load_method(path: str | Path, plugins: list[str] | None = None) -> Loaded:
     from okd.engine.checkpoint import load_checkpoint
     from okd.engine.config import config_from_mapping
     from okd.engine.trainer import backbone_options_of
-    from okd.methods import build_method
+    from okd.methods import build_method, stand_in_dataset
     from okd.models import backbone_options
     from okd.plugins import allow_saved_plugins
 
@@ -91,7 +82,7 @@ def load_method(path: str | Path, plugins: list[str] | None = None) -> Loaded:
     torch.manual_seed(0)  # the weights are overwritten; keep construction deterministic anyway
     with backbone_options(backbone_options_of(cfg, pretrained=False)):  # same branch points; weights from the file
         method = build_method(cfg.method, cfg.arch, num_classes, int(cfg.num_peers or 1), cfg.share,
-                              dataset=_stand_in_dataset(num_classes, cfg.nce_k), **cfg.method_options)
+                              dataset=stand_in_dataset(cfg.method, num_classes, **cfg.method_options), **cfg.method_options)
     _load_weights(method, weights, path)
     method.eval()
     return Loaded(method, cfg, int(state.get("epoch", 0)), num_classes, Path(path), saved_class_names(state, num_classes))

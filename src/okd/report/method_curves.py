@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from okd.errors import OKDUserError
+from okd.methods import DEFAULT_METHOD, get_method_class
 from okd.report.curves import _epoch_axis, _series, read_curves
 from okd.report.plots import figure, save
 
@@ -25,10 +26,13 @@ class MethodCurve:
 
 
 def method_label(config: dict) -> str:
-    """MCL-OKD with alpha 0 is its "+MCL" ablation: a line of its own, as in the report's tables."""
+    """The method's own label for the run (``OKDMethod.run_label``: a variant may be a line of its own);
+    the saved name for a method not registered here (a plugin's)."""
     method = str(config.get("method", "?"))
-    alpha = config.get("alpha")
-    return f"{method} (alpha 0)" if method == "mcl_okd" and alpha is not None and float(alpha) == 0 else method
+    try:
+        return get_method_class(method).run_label(config)
+    except OKDUserError:
+        return method
 
 
 def method_curves(folders: list[Path], head: str = "deployed") -> list[MethodCurve]:
@@ -45,7 +49,7 @@ def method_curves(folders: list[Path], head: str = "deployed") -> list[MethodCur
             label, len(series), list(range(1, length + 1)), [statistics.fmean(c) for c in columns],
             [statistics.stdev(c) if len(c) > 1 else 0.0 for c in columns],
         ))
-    return sorted(curves, key=lambda c: (c.label != "baseline", c.mean[-1]))
+    return sorted(curves, key=lambda c: (c.label != DEFAULT_METHOD, c.mean[-1]))  # the reference line first
 
 
 def plot_method_curves(folders: list[Path], path: str | Path, title: str | None = None) -> Path:
@@ -56,7 +60,7 @@ def plot_method_curves(folders: list[Path], path: str | Path, title: str | None 
     fig = figure(9, 5.5)
     ax = fig.add_subplot()
     for i, curve in enumerate(curves):
-        style = {"color": "black", "linewidth": 2.5} if curve.label == "baseline" else {"color": f"C{i % 10}", "linewidth": 1.5}
+        style = {"color": "black", "linewidth": 2.5} if curve.label == DEFAULT_METHOD else {"color": f"C{i % 10}", "linewidth": 1.5}
         ax.plot(curve.epochs, curve.mean, marker="o", markersize=3, label=f"{curve.label}: {curve.mean[-1]:.2f}% (n={curve.runs})", **style)
         low = [m - s for m, s in zip(curve.mean, curve.std)]
         high = [m + s for m, s in zip(curve.mean, curve.std)]
