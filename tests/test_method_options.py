@@ -27,8 +27,14 @@ sys.path.insert(0, str(EXAMPLES))
 import my_models  # noqa: E402,F401  (registers small_cnn and avg_teacher: a plugin method is tested like the built-in ones)
 
 
+# Valid non-default values of the string options whose values are a pattern, not a list of choices.
+FREE_STRINGS = {"fusion_interval": "2_batch", "switch_threshold": "0.5"}
+
+
 def other_value(option: Option) -> Any:
     """A valid value that is not the default, so a lost value shows."""
+    if option.type is str and not option.choices:
+        return FREE_STRINGS[option.name]  # a new free-form string option needs its example here
     if option.type is bool:
         return not option.default
     if option.choices:

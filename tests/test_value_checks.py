@@ -109,3 +109,14 @@ def test_choices_are_case_insensitive() -> None:
     cfg = train_config({"method": "KDCL", "dataset": "Synthetic", "sampler": "RANDOM", "kdcl_rule": "Linear",
                         "nan_policy": "Skip-Step", "num_peers": 2})
     assert (cfg.method, cfg.dataset, cfg.sampler, cfg.kdcl_rule, cfg.nan_policy) == ("kdcl", "synthetic", "random", "linear", "skip-step")
+
+
+@pytest.mark.parametrize("method, flag", [("dml", "--kd-t"), ("mcl", "--mcl-tau"), ("mcl_okd", "--nce-t")])
+def test_a_temperature_below_the_floor_is_one_line_and_no_run_folder(method: str, flag: str, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--method", method, "--dataset", "synthetic", flag, "0.001", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{flag} must be >= 0.01" in err and "got 0.001" in err
+    assert not out.exists()
+    assert main(["train", "--method", method, "--dataset", "synthetic", flag, "0", "--out", str(out)]) == 2
+    assert f"{flag} must be > 0" in capsys.readouterr().err  # zero and below keep the range rule's words

@@ -23,7 +23,7 @@ from okd.losses.contrastive import embed
 from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.mcl import mcl_terms
 from okd.methods.base import OKDMethod
-from okd.methods.options import Option, temperature
+from okd.methods.options import Option, temperature, temperature_floor
 from okd.methods.registry import register_method
 from okd.models import CohortOutput, parse_arch
 
@@ -57,7 +57,8 @@ class MCL(OKDMethod):
     options = (
         temperature(3.0, "temperature of the soft terms and of the logit distillation"),
         Option("feat_dim", int, 128, "embedding size", minimum=1),
-        Option("mcl_tau", float, 0.1, "temperature of the embedding similarities", minimum=0.0, exclusive_minimum=True),
+        Option("mcl_tau", float, 0.1, "temperature of the embedding similarities", minimum=0.0, exclusive_minimum=True,
+               check=temperature_floor("mcl_tau")),
         _weight("mcl_vcl", 0.1, "the intra-network contrastive loss (the code's alpha)"),
         _weight("mcl_icl", 0.1, "the inter-network contrastive loss (beta)"),
         _weight("mcl_soft_vcl", 1.0, "the soft intra-network term (gamma)"),

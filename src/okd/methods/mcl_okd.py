@@ -34,7 +34,7 @@ from okd.losses.contrastive import (
 from okd.losses.distill import kl_div_t, sum_cross_entropy
 from okd.losses.negatives import ClassIndex, build_class_index, check_num_negatives, contrast_indices
 from okd.methods.base import DatasetInfo, OKDMethod
-from okd.methods.options import Option, check_values, temperature
+from okd.methods.options import Option, check_values, temperature, temperature_floor
 from okd.methods.registry import register_method
 from okd.models import CohortOutput
 
@@ -74,7 +74,7 @@ class MCLOKD(OKDMethod):
         temperature(3.0, "temperature of the DOT"),
         Option("nce_k", int, 16384, "negatives per sample (recipe: 256 for the CIFAR ResNets and DenseNet)", minimum=1),
         Option("nce_t", float, 0.1, "temperature of the contrastive scores (recipe: 0.07 on ImageNet)", minimum=0.0,
-               exclusive_minimum=True),
+               exclusive_minimum=True, check=temperature_floor("nce_t")),
         Option("nce_m", float, 0.5, "momentum of the memory banks", minimum=0.0, maximum=1.0, exclusive_maximum=True),
         Option("feat_dim", int, 128, "embedding size", minimum=1),
         Option("fixed_z", bool, False, "fix the NCE normaliser at the first step (CRD) instead of per batch"),

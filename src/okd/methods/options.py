@@ -73,9 +73,25 @@ class Option:
         return value
 
 
+TEMPERATURE_FLOOR = 0.01  # logits / T overflow float32's softmax long before T reaches 0
+
+
+def temperature_floor(name: str) -> Callable[[Any], None]:
+    """The ``check`` of a temperature option: a positive value below the floor is refused (zero, negative
+    and NaN values are left to the range rule, which says "> 0")."""
+
+    def check(value: float) -> None:
+        if 0 < value < TEMPERATURE_FLOOR:
+            raise OKDUserError(f"{flag_name(name)} must be >= {TEMPERATURE_FLOOR} (a temperature below it overflows "
+                               f"the softmax), got {value}")
+
+    return check
+
+
 def temperature(default: float, help: str = "distillation temperature") -> Option:
     """The ``kd_t`` option most methods declare, with the original scripts' ``--kd_T`` spelling."""
-    return Option("kd_t", float, default, help, minimum=0.0, exclusive_minimum=True, aliases=("--kd_T", "--kd-T"))
+    return Option("kd_t", float, default, help, minimum=0.0, exclusive_minimum=True, aliases=("--kd_T", "--kd-T"),
+                  check=temperature_floor("kd_t"))
 
 
 class OptionValues(dict):
