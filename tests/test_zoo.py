@@ -145,7 +145,8 @@ def test_onnx_export_of_channel_shuffle_keeps_a_dynamic_batch(tmp_path: Path, na
 
     model = create_backbone(name, 5).eval()
     x = torch.randn(3, 3, 16, 16)
-    save_onnx(model, x[:1], {"arch": name}, tmp_path / "net.onnx")
+    with open(tmp_path / "net.onnx", "wb") as out:  # save_onnx writes to an open binary file
+        save_onnx(model, x[:1], {"arch": name}, out)
     with torch.no_grad():
         torch.testing.assert_close(run_onnx(tmp_path / "net.onnx", x), model(x), rtol=1e-4, atol=1e-5)
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from okd.models.base import Backbone, BackboneSpec
 from okd.models.registry import register_backbone
+from okd.models.weight_init import init_weights
 
 
 class DenseLayer(nn.Module):
@@ -54,12 +55,5 @@ def densenet40_12(num_classes: int = 100) -> Backbone:
     head = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     stages += [("head", head), ("fc", nn.Linear(c, num_classes))]
     model = Backbone(stages, BackboneSpec(early="block2", late="block3", input_size=32), c, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
+    init_weights(model, conv_mode="fan_in", linear_zero_bias=True)
     return model

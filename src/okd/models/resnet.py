@@ -7,10 +7,13 @@ at PyTorch's default.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from okd.models.base import Backbone, BackboneSpec, global_pool
 from okd.models.registry import register_backbone
+from okd.models.weight_init import init_weights
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -73,26 +76,33 @@ def _stage(block: type[BasicBlock] | type[Bottleneck], cin: int, planes: int, bl
     return nn.Sequential(*layers), cin
 
 
-def _init_resnet(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+def resnet_backbone(
+    stem: nn.Module,
+    cin: int,
+    block: type[BasicBlock] | type[Bottleneck],
+    plan: Sequence[tuple[str, int, int, int]],
+    spec: BackboneSpec,
+    num_classes: int,
+) -> Backbone:
+    """Stem, one stage per ``(name, planes, blocks, stride)`` of ``plan``, pooling and ``fc``; kaiming fan_out.
 
-
-def _cifar_resnet(block, blocks: list[int], num_classes: int) -> Backbone:
-    stem = nn.Sequential(_conv3x3(3, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+    The MCL-OKD and RepDistiller ResNets differ only in stem, widths and stage names, so they share
+    this builder; modules are created in the same order as in the sources, for the same initial weights.
+    """
     stages: list[tuple[str, nn.Module]] = [("stem", stem)]
-    cin = 16
-    for i, (planes, stride) in enumerate(zip((16, 32, 64), (1, 2, 2))):
-        stage, cin = _stage(block, cin, planes, blocks[i], stride)
-        stages.append((f"stage{i + 1}", stage))
+    for name, planes, blocks, stride in plan:
+        stage, cin = _stage(block, cin, planes, blocks, stride)
+        stages.append((name, stage))
     stages += [("pool", global_pool()), ("fc", nn.Linear(cin, num_classes))]
-    model = Backbone(stages, BackboneSpec(early="stage2", late="stage3", input_size=32), cin, num_classes)
-    _init_resnet(model)
+    model = Backbone(stages, spec, cin, num_classes)
+    init_weights(model)  # kaiming fan_out, Linear at PyTorch's default
     return model
+
+
+def _cifar_resnet(block: type[BasicBlock] | type[Bottleneck], blocks: list[int], num_classes: int) -> Backbone:
+    stem = nn.Sequential(_conv3x3(3, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+    plan = [(f"stage{i + 1}", planes, n, stride) for i, (planes, n, stride) in enumerate(zip((16, 32, 64), blocks, (1, 2, 2)))]
+    return resnet_backbone(stem, 16, block, plan, BackboneSpec(early="stage2", late="stage3", input_size=32), num_classes)
 
 
 @register_backbone("resnet32", source="MCL-OKD")
@@ -116,12 +126,5 @@ def resnet34(num_classes: int = 1000) -> Backbone:
         nn.ReLU(inplace=True),
         nn.MaxPool2d(3, stride=2, padding=1),
     )
-    stages: list[tuple[str, nn.Module]] = [("stem", stem)]
-    cin = 64
-    for i, (planes, blocks, stride) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2))):
-        stage, cin = _stage(BasicBlock, cin, planes, blocks, stride)
-        stages.append((f"layer{i + 1}", stage))
-    stages += [("pool", global_pool()), ("fc", nn.Linear(cin, num_classes))]
-    model = Backbone(stages, BackboneSpec(early="layer3", late="layer4", input_size=224), cin, num_classes)
-    _init_resnet(model)
-    return model
+    plan = [(f"layer{i + 1}", planes, n, stride) for i, (planes, n, stride) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2)))]
+    return resnet_backbone(stem, 64, BasicBlock, plan, BackboneSpec(early="layer3", late="layer4", input_size=224), num_classes)

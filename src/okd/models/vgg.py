@@ -6,6 +6,7 @@ from torch import nn
 
 from okd.models.base import Backbone, BackboneSpec, global_pool
 from okd.models.registry import register_backbone
+from okd.models.weight_init import init_weights
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -34,14 +35,5 @@ def vgg16(num_classes: int = 100) -> Backbone:
         ("fc", nn.Linear(512, num_classes)),
     ]
     model = Backbone(stages, BackboneSpec(early="layer3", late="layer4", input_size=32), 512, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+    init_weights(model, conv_zero_bias=True, linear_std=0.01, linear_zero_bias=True)
     return model

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from okd.models.base import Backbone, BackboneSpec, global_pool
+from okd.models.weight_init import init_weights
 from okd.models.zoo.keys import zoo_backbone
 
 # expansion, output channels, blocks, first stride (the source's setting for CIFAR)
@@ -51,15 +52,7 @@ def mobilenetv2(width: float, num_classes: int, expansion: int = 6) -> Backbone:
     stages += [("head", nn.Sequential(OrderedDict(conv2=_conv_bn_relu(cin, last, 1, 1), pool=global_pool()))),
                ("fc", nn.Linear(last, num_classes))]
     model = Backbone(stages, BackboneSpec(early="blocks3", late="blocks5", input_size=32), last, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+    init_weights(model, linear_std=0.01, linear_zero_bias=True)
     return model
 
 

@@ -14,8 +14,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from okd.models.base import Backbone, BackboneSpec, global_pool
-from okd.models.resnet import BasicBlock, _init_resnet, _stage
+from okd.models.base import Backbone, BackboneSpec
+from okd.models.resnet import BasicBlock, resnet_backbone
 from okd.models.zoo.keys import register_key_map, stage_key_map, zoo_backbone
 
 SOURCE = "RepDistiller"
@@ -28,15 +28,8 @@ def rd_resnet(depth: int, widths: tuple[int, int, int, int], num_classes: int) -
     blocks = (depth - 2) // 6
     stem = nn.Sequential(OrderedDict(
         conv1=nn.Conv2d(3, widths[0], 3, padding=1, bias=False), bn1=nn.BatchNorm2d(widths[0]), relu=nn.ReLU(inplace=True)))
-    stages: list[tuple[str, nn.Module]] = [("stem", stem)]
-    cin = widths[0]
-    for i, (planes, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
-        stage, cin = _stage(BasicBlock, cin, planes, blocks, stride)
-        stages.append((f"layer{i + 1}", stage))
-    stages += [("pool", global_pool()), ("fc", nn.Linear(cin, num_classes))]
-    model = Backbone(stages, BackboneSpec(early="layer2", late="layer3", input_size=32), cin, num_classes)
-    _init_resnet(model)
-    return model
+    plan = [(f"layer{i + 1}", planes, blocks, stride) for i, (planes, stride) in enumerate(zip(widths[1:], (1, 2, 2)))]
+    return resnet_backbone(stem, widths[0], BasicBlock, plan, BackboneSpec(early="layer2", late="layer3", input_size=32), num_classes)
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int], source_name: str = "", aliases: tuple[str, ...] = ()) -> None:

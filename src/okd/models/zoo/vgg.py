@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from okd.models.base import Backbone, BackboneSpec, global_pool
+from okd.models.weight_init import init_weights
 from okd.models.zoo.keys import zoo_backbone
 
 CONFIGS = {  # widths of the convs of each of the five blocks
@@ -42,16 +43,7 @@ def rd_vgg(config: tuple[tuple[int, ...], ...], num_classes: int) -> Backbone:
         cin = widths[-1]
     stages += [("pool", global_pool()), ("fc", nn.Linear(512, num_classes))]
     model = Backbone(stages, BackboneSpec(early="block3", late="block4", input_size=32), 512, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+    init_weights(model, conv_zero_bias=True, linear_std=0.01, linear_zero_bias=True)
     return model
 
 

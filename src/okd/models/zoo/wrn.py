@@ -13,6 +13,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from okd.models.base import Backbone, BackboneSpec
+from okd.models.weight_init import init_weights
 from okd.models.zoo.keys import register_key_map, stage_key_map, zoo_backbone
 
 
@@ -48,14 +49,7 @@ def wide_resnet(depth: int, widen: int, num_classes: int) -> Backbone:
                                      pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1)))
     stages += [("head", head), ("fc", nn.Linear(widths[3], num_classes))]
     model = Backbone(stages, BackboneSpec(early="block2", late="block3", input_size=32), widths[3], num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
+    init_weights(model, linear_zero_bias=True)
     return model
 
 
