@@ -230,25 +230,9 @@ def test_cli_resume_restores_the_ema_state_bit_identically(tmp_path: Path) -> No
 
 
 def test_cli_export_ships_the_ema_peer(tmp_path: Path) -> None:
-    from okd.engine.checkpoint import load_checkpoint
-    from okd.engine.config import config_from_mapping, replace
-    from okd.engine.distributed import current
-    from okd.engine.trainer import build_for_config
-    from okd.report.export import load_exported_backbone
+    from cli_method_helpers import exported_and_model_logits
 
     assert train(tmp_path / "run", "--epochs", "1") == 0
-    checkpoint = tmp_path / "run" / "last.pt"
-    out = tmp_path / "ema0.pt"
-    assert main(["export", "--checkpoint", str(checkpoint), "--peer", "deployed", "--format", "state_dict", "--out", str(out)]) == 0
-    state = load_checkpoint(checkpoint)
-    cfg = replace(config_from_mapping(state["config"]), device="cpu")
-    _spec, _train, eval_loader, method = build_for_config(cfg, torch.device("cpu"), current())
-    method.load_state_dict(state["model"])
-    method.eval()
-    images = next(iter(eval_loader)).images
-    with torch.no_grad():
-        output = method(images)
-        net = load_exported_backbone(out)
-        exported = net.eval()(images)
+    exported, output = exported_and_model_logits(tmp_path / "run", tmp_path)  # the export is in eval mode
     assert torch.equal(exported, output.extras["ema"][0])
     assert not torch.equal(exported, output.logits[0])  # the student peer differs: this really is the EMA peer

@@ -142,18 +142,23 @@ def test_sigkill_at_a_random_moment(tmp_path: Path, uninterrupted: Path) -> None
     assert_same_weights(out / "last.pt", uninterrupted / "last.pt")
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def poison_dml_term(monkeypatch: pytest.MonkeyPatch, term: str, epoch: int = 1) -> None:
+    """DML's loss term ``term`` is NaN in every step of the 0-based ``epoch``."""
     import okd.methods.dml as dml
 
     original = dml.DML.losses
 
-    def poisoned(self, output, batch, epoch):
-        losses = original(self, output, batch, epoch)
-        if epoch == 1:
-            losses["kd"] = losses["kd"] * float("nan")
+    def poisoned(self, output, batch, current):
+        losses = original(self, output, batch, current)
+        if current == epoch:
+            losses[term] = losses[term] * float("nan")
         return losses
 
     monkeypatch.setattr(dml.DML, "losses", poisoned)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    poison_dml_term(monkeypatch, "kd")
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out), "--epochs", "3"]) == 2
     err = capsys.readouterr().err
@@ -369,17 +374,7 @@ def test_read_only_output_folder_gives_a_clear_error_and_keeps_the_run(tmp_path:
 
 
 def test_skip_step_policy_survives_an_epoch_where_every_step_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import okd.methods.dml as dml
-
-    original = dml.DML.losses
-
-    def nan_in_epoch_two(self, output, batch, epoch):
-        losses = original(self, output, batch, epoch)
-        if epoch == 1:
-            losses["ce"] = losses["ce"] * float("nan")
-        return losses
-
-    monkeypatch.setattr(dml.DML, "losses", nan_in_epoch_two)
+    poison_dml_term(monkeypatch, "ce")
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out), "--epochs", "3", "--nan-policy", "skip-step", "--limit-batches", "2"]) == 0
     records = read_metrics(out / "metrics.jsonl")
