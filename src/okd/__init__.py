@@ -1,8 +1,8 @@
 """okd: online knowledge distillation for PyTorch.
 
 Train a cohort of peer networks that teach each other (DML, CL-ILR, ONE, OKDDip, MCL-OKD and their
-successors KDCL, PCL, MCL) with one generic engine over the MCL-OKD paper's backbones, any timm or
-torchvision classifier, or your own module.
+successors KDCL, PCL, MCL, SwitOKD, OKDPH, L-MCL) with one generic engine over the MCL-OKD paper's
+backbones, the CIFAR model zoo of the KD literature, any timm or torchvision classifier, or your own module.
 
 From Python (the same runs as the ``okd`` command)::
 
