@@ -3,8 +3,9 @@ PIL pipeline the original code uses. One module every benchmark may import (and 
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,17 @@ def wait_for_idle(limit_s: float, threshold: float = 0.15) -> float:
     while busy > threshold and time.monotonic() < deadline:
         busy = cpu_busy()
     return busy
+
+
+def run_script(main: Callable[[], Any], name: str) -> None:
+    """A benchmark's ``__main__``: a user error is one line and exit 2, as for ``okd`` itself."""
+    from okd.errors import OKDUserError
+
+    try:
+        main()
+    except OKDUserError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def sync(device: torch.device) -> None:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from okd.errors import OKDUserError
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import run_script  # noqa: E402
 
 
 def original_dml_loss(logits: list[torch.Tensor], targets: torch.Tensor, T: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +91,4 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except OKDUserError as exc:
-        print(f"dml_reference_loss: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main, "dml_reference_loss")

@@ -31,12 +31,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import run_script, sync  # noqa: E402
 from okd.errors import OKDUserError  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def plain_dml(model: str, *, batch_size: int, image_size: int, classes: int, device: torch.device,
@@ -65,12 +61,12 @@ def plain_dml(model: str, *, batch_size: int, image_size: int, classes: int, dev
 
     for _ in range(warmup):
         one_step()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         one_step()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return _figures(times, batch_size, networks=2)
 
@@ -141,8 +137,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except OKDUserError as exc:
-        print(f"timm_dml: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main, "timm_dml")
