@@ -100,7 +100,8 @@ def test_help_shows_the_named_methods_options(capsys: pytest.CaptureFixture[str]
 
 
 def test_the_same_name_is_each_methods_own() -> None:
-    kdcl, mcl_okd = (train_config({**BASE, "method": m, "num_peers": 2, "nce_k": 4, "alpha": 0.9}) for m in ("kdcl", "mcl_okd"))
+    kdcl, mcl_okd = (train_config({**BASE, "method": m, "num_peers": 2, "alpha": 0.9, **extra})
+                     for m, extra in (("kdcl", {}), ("mcl_okd", {"nce_k": 4})))
     assert kdcl.alpha == mcl_okd.alpha == 0.9
     with pytest.raises(OKDUserError, match=r"^--alpha must be in \[0, 1\], got 1.5$"):
         train_config({**BASE, "method": "kdcl", "num_peers": 2, "alpha": 1.5})
@@ -137,3 +138,21 @@ def test_mcl_on_cifar10_fits_its_batch_to_the_data_layers_class_count() -> None:
     """The class count comes from the dataset's declaration (okd.data), so CIFAR-10 is not left out."""
     cfg = train_config({"method": "mcl", "dataset": "cifar10", "download": True, "data": "/nonexistent"})
     assert (cfg.batch_size, cfg.lr) == (20, pytest.approx(0.1 * 20 / 128))
+
+
+def test_an_option_of_another_method_is_ignored_with_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.warns(okd.OKDWarning,
+                      match=r"^method 'dml' has no option nce_k \(an option of mcl_okd\): ignored$"):
+        cfg = train_config({**BASE, "method": "dml", "num_peers": 2, "nce_k": 4})
+    assert "nce_k" not in cfg.method_options
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the method's own options and unset foreign ones warn nothing
+        train_config({**BASE, "method": "mcl_okd", "num_peers": 2, "nce_k": 4, "rampup_epochs": None})
+    argv = ["train", "--method", "dml", "--num-peers", "2", "--rampup-epochs", "3", "--quiet", "--out", str(tmp_path / "run")]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in BASE.items()]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["okd train: warning: method 'dml' has no option rampup_epochs (an option of okddip, pcl): ignored"]
+    assert "rampup_epochs" not in yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())

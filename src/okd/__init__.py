@@ -37,6 +37,7 @@ _EXPORTS = {
     "OKDMethod": "okd.methods",
     "Option": "okd.methods",
     "OKDUserError": "okd.errors",
+    "OKDWarning": "okd.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

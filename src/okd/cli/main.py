@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from okd import __version__
-from okd.errors import OKDUserError
+from okd.errors import OKDUserError, OKDWarning
 
 SUBCOMMANDS = {
     "train": "okd.cli.train",
@@ -49,7 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(argv)  # imports torch: where a Ctrl-C is likeliest
         args = parser.parse_args(argv)
         command = f"okd {args.command}"
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", OKDWarning)
+            shown = warnings.showwarning
+            warnings.showwarning = lambda message, category, *rest: (
+                print(f"{command}: warning: {message}", file=sys.stderr) if issubclass(category, OKDWarning)
+                else shown(message, category, *rest))
+            return int(args.run(args) or 0)
     except OKDUserError as exc:
         print(f"{command}: error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ backbones)`` (its own file), then what the user gave. The engine names no method
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from okd.common.values import check_range
@@ -19,8 +20,8 @@ from okd.data.infer import infer_dataset
 from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive, replace
 from okd.engine.data_recipe import own_data_recipe
-from okd.errors import OKDUserError
-from okd.methods import DEFAULT_METHOD, OKDMethod, all_options, get_method_class, resolve_method_name, split_arch
+from okd.errors import OKDUserError, OKDWarning
+from okd.methods import DEFAULT_METHOD, OKDMethod, all_options, get_method_class, list_methods, resolve_method_name, split_arch
 from okd.methods.options import check_values
 from okd.models import SHARE_MODES, create_backbone, format_arch
 
@@ -65,12 +66,19 @@ def _fit_batch_to_sampler(cfg: TrainConfig, method_sampler: str, recipe: dict) -
 
 def method_options(cls: type[OKDMethod], given: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
     """The method's options as given, checked against its declarations, with its recipe's values where
-    unset. An option that only other methods declare is dropped (as before options were per method)."""
+    unset. An option that only other methods declare is dropped with an OKDWarning."""
     declared = {option.name for option in cls.declared_options()}
     others = set(all_options()) - declared
     unknown = sorted(set(given) - declared - others)
     if unknown:
         raise OKDUserError(f"unknown option {unknown[0]!r}; method {cls.name!r} has the options: {', '.join(declared) or 'none'}")
+    ignored = sorted(k for k, v in given.items() if k in others and v is not None)
+    if ignored:  # a shared config file may carry them; a flag typed for the wrong method must not pass silently
+        owners = {name: [m for m in list_methods() if name in {o.name for o in get_method_class(m).declared_options()}]
+                  for name in ignored}
+        warnings.warn(OKDWarning(f"method {cls.name!r} has no option "
+                                 + "; ".join(f"{name} (an option of {', '.join(owners[name])})" for name in ignored)
+                                 + ": ignored"), stacklevel=2)
     wanted = {k: v for k, v in given.items() if k in declared and v is not None}
     for name in declared & set(recipe):
         wanted.setdefault(name, recipe[name])
