@@ -244,9 +244,11 @@ def test_negatives_follow_the_global_rng() -> None:
 
 def test_too_many_negatives_is_a_user_error() -> None:
     index = build_class_index(LAYOUTS["imbalanced"])
-    check_num_negatives(80, index.count)
+    check_num_negatives(80, index.count, "nce_k")
     with pytest.raises(OKDUserError, match=r"nce_k=81 is larger than the 80 negatives available.*--nce-k <= 80"):
-        check_num_negatives(81, index.count)
+        check_num_negatives(81, index.count, "nce_k")
+    with pytest.raises(OKDUserError, match=r"^k=0 must be at least 1; use --k >= 1$"):
+        check_num_negatives(0, index.count)
 
 
 class _LargestTensor(TorchFunctionMode):

@@ -54,16 +54,18 @@ def available_negatives(count: torch.Tensor) -> int:
     return int(count.sum() - count.max())
 
 
-def check_num_negatives(k: int, count: torch.Tensor) -> None:
-    """Refuse a K that some class cannot supply without replacement (a clear, early user error)."""
+def check_num_negatives(k: int, count: torch.Tensor, option: str = "k") -> None:
+    """Refuse a K that some class cannot supply without replacement (a clear, early user error);
+    ``option`` is the name of the caller's option that set K (a method's, e.g. its ``nce_k``)."""
     available = available_negatives(count)
+    flag = f"--{option.replace('_', '-')}"
     if k < 1:
-        raise OKDUserError(f"nce_k={k} must be at least 1; use --nce-k >= 1")
+        raise OKDUserError(f"{option}={k} must be at least 1; use {flag} >= 1")
     if k > available:
         largest = int(count.max())
         raise OKDUserError(
-            f"nce_k={k} is larger than the {available} negatives available to the largest class "
-            f"({largest} of {int(count.sum())} training samples are in it); use --nce-k <= {available}"
+            f"{option}={k} is larger than the {available} negatives available to the largest class "
+            f"({largest} of {int(count.sum())} training samples are in it); use {flag} <= {available}"
         )
 
 

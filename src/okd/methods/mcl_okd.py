@@ -114,7 +114,7 @@ class MCLOKD(OKDMethod):
         if targets.numel() != dataset.num_train:
             raise OKDUserError(f"DatasetInfo has {targets.numel()} training labels but num_train={dataset.num_train}")
         index = build_class_index(targets, dataset.num_classes)
-        check_num_negatives(int(opt.nce_k), index.count)
+        check_num_negatives(int(opt.nce_k), index.count, "nce_k")
         super().__init__(backbone, num_classes, num_peers, share, **options)
         self.alpha, self.beta, self.gamma, self.kd_t = float(opt.alpha), float(opt.beta), float(opt.gamma), float(opt.kd_t)
         self.nce_k, self.nce_t, self.nce_m = int(opt.nce_k), float(opt.nce_t), float(opt.nce_m)
