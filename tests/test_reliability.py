@@ -296,7 +296,9 @@ def test_memory_does_not_grow_across_epochs(tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out), "--epochs", "6", "--method", "mcl_okd", "--num-peers", "2", "--nce-k", "16"]) == 0
     rss = [r["rss_mb"] for r in read_metrics(out / "metrics.jsonl")]
-    assert len(rss) == 6 and rss[5] - rss[0] < 8, rss
+    # From epoch 2: epoch 1 also holds one-off allocations (the first eval's buffers, allocator arenas
+    # opened by threads a busy machine wakes late); a leak grows every epoch and still shows over four.
+    assert len(rss) == 6 and rss[5] - rss[1] < 8, rss
 
 
 def test_disk_full_mid_run_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
