@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epoch", choices=("last", "best"), default="last",
                    help="last epoch (default) or best epoch per head (selected on the test set: optimistic)")
     p.add_argument("--paper", action="store_true", help="show the original paper's figures and our difference")
+    p.add_argument("--vs-baseline", action="store_true",
+                   help="after each table, every method's deployed error minus the baseline's with Welch's 95%% interval "
+                   "over seeds, marked * where it exceeds the seed noise (Markdown)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the tables as a bar chart (needs okd-torch[plot])")
     add_plugin_argument(p, "; a run's own plugins are never imported unless named here")
     p.set_defaults(run=run)
@@ -39,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from okd.report.render import to_csv, to_json, to_markdown
     from okd.report.tables import build_tables, consistency_warnings, dataset_order, unused_runs
 
+    if args.vs_baseline and args.format != "markdown":
+        raise OKDUserError(f"--vs-baseline is drawn in Markdown only; drop --format {args.format} (or --vs-baseline)")
     if args.plot:
         from okd.report.plots import require_matplotlib
 
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "json":
         print(to_json(tables, collection.skipped, others, args.epoch))
     else:
-        print(to_markdown(tables, others, args.epoch), end="")
+        print(to_markdown(tables, others, args.epoch, args.vs_baseline), end="")
     if args.plot:
         from okd.report.plots import plot_tables
 

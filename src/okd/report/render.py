@@ -14,7 +14,8 @@ from typing import Any
 from okd.common.tables import format_table
 from okd.report.paper import METHOD_NAMES, PAPER_DATASET, dataset_name
 from okd.report.collect import RunRecord
-from okd.report.tables import Cell, Column, Stat, Table
+from okd.report.significance import Difference, welch_difference
+from okd.report.tables import Cell, Column, Row, Stat, Table
 
 MISSING = "—"
 
@@ -138,8 +139,45 @@ def markdown_table(table: Table) -> str:
     return f"### {table.title}\n\n{body}\n\n{foot}\n"
 
 
-def to_markdown(tables: list[Table], others: list[RunRecord] | None = None, epoch: str = "last") -> str:
-    text = "\n".join(markdown_table(t) for t in tables)
+def baseline_difference(row: Row, columns: tuple[Column, ...], col: Column) -> Difference | None:
+    """The deployed peer's error in ``col`` minus the baseline's in the same row, with Welch's 95% interval."""
+    base = next((row.cells[c.key].single for c in columns if c.method == "baseline"), None)
+    stat = row.cells[col.key].single
+    if base is None or stat is None:
+        return None
+    return welch_difference(stat.mean, stat.std, stat.n, base.mean, base.std, base.n)
+
+
+def _difference_text(diff: Difference | None) -> str:
+    if diff is None:
+        return MISSING
+    if diff.low is None:
+        return f"{diff.mean:+.2f} (one run: no interval)"
+    return f"{diff.mean:+.2f} [{diff.low:+.2f}, {diff.high:+.2f}]{' *' if diff.beyond_noise else ''}"
+
+
+def baseline_difference_markdown(table: Table) -> str:
+    """Each method's deployed error minus the baseline's, per row; empty where the table has no baseline."""
+    methods = [col for col in table.columns if col.method != "baseline" and col.show != "ens"]
+    if len(methods) == len(table.columns) or not table.rows:
+        return ""
+    lines = [[row.model, *(_difference_text(baseline_difference(row, table.columns, col)) for col in methods)]
+             for row in table.rows]
+    header = ["Model", *(col.header.replace(" (Ens)", "") for col in methods)]
+    return (f"#### Difference from the baseline: deployed peer's top-1 error, method − baseline (points)\n\n"
+            f"{format_table(header, lines)}\n\n"
+            "- [low, high]: Welch's 95% interval for the difference of the mean errors over seeds (unequal variances). "
+            "*: the interval excludes 0, the difference is larger than the seed-to-seed noise at that level; "
+            "without *, these seeds cannot tell the method from the baseline.\n"
+            "- The test images are the same for every run: the interval covers training noise, not test-set sampling.\n")
+
+
+def to_markdown(tables: list[Table], others: list[RunRecord] | None = None, epoch: str = "last",
+                vs_baseline: bool = False) -> str:
+    parts = [markdown_table(t) for t in tables]
+    if vs_baseline:
+        parts = [part + (f"\n{extra}" if (extra := baseline_difference_markdown(t)) else "") for part, t in zip(parts, tables)]
+    text = "\n".join(parts)
     return text + (f"\n{other_runs_markdown(others, epoch)}" if others else "")
 
 
