@@ -33,3 +33,26 @@ def test_plan_skips_finished_and_resumes_interrupted(tmp_path: Path) -> None:
     assert planned[("baseline", "0")][planned[("baseline", "0")].index("--num-peers") + 1] == "1"
     assert all(w[w.index("--num-peers") + 1] == "2" for (m, _), w in planned.items() if m != "baseline")
     assert all("--test-per-class" in w and "fashion-mnist" in w for w in planned.values())
+
+
+def test_run_times_sums_each_epoch_once_and_skips_unfinished(tmp_path: Path) -> None:
+    import json
+
+    def run(name: str, method: str, seconds: list[tuple[int, float]], finished: bool = True) -> None:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"finished": finished, "method": method}))
+        (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "train_seconds": s}) + "\n" for e, s in seconds))
+
+    run("dml0", "dml", [(1, 60.0), (2, 999.0), (2, 120.0)])  # epoch 2 resumed: its second record counts
+    run("dml1", "dml", [(1, 300.0), (2, 300.0)])
+    run("base0", "baseline", [(1, 30.0)])
+    run("cut", "dml", [(1, 5.0)], finished=False)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "run_times.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[2] == "| baseline | 1 | 0.5 | 0.5 | 0.5 |"
+    assert lines[3] == "| dml | 2 | 6.5 | 3.0 | 10.0 |"
+    assert lines[-1] == "All 3 runs: 0.2 hours of training."
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "missing")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("usage:")

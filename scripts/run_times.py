@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Training time of finished runs, per method: a Markdown table for the comparison's README section.
+
+    python scripts/run_times.py ROOT
+
+A run's time is the sum of its epochs' ``train_seconds`` (metrics.jsonl: the training passes only,
+not evaluation or checkpoints), so a run that was interrupted and resumed counts its epochs once.
+Times depend on what else the machine ran at the time: compare them only between runs made alike.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def run_minutes(run: Path) -> float | None:
+    """Training minutes of a finished run folder, None for an unfinished or unreadable one."""
+    try:
+        if not json.loads((run / "summary.json").read_text()).get("finished"):
+            return None
+        epochs = {}
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            epochs[record["epoch"]] = record["train_seconds"]  # a resumed epoch replaces its first attempt
+    except (OSError, ValueError, KeyError):
+        return None
+    return sum(epochs.values()) / 60.0
+
+
+def times_table(root: Path) -> str:
+    by_method: dict[str, list[float]] = defaultdict(list)
+    for summary in sorted(root.rglob("summary.json")):
+        minutes = run_minutes(summary.parent)
+        if minutes is not None:
+            by_method[json.loads(summary.read_text())["method"]].append(minutes)
+    if not by_method:
+        raise SystemExit(f"run_times.py: no finished runs under {root}")
+    lines = ["| Method | Runs | Training minutes per run: median | min | max |", "|---|---|---|---|---|"]
+    for method, values in sorted(by_method.items(), key=lambda item: (item[0] != "baseline", item[0])):
+        lines.append(f"| {method} | {len(values)} | {statistics.median(values):.1f} | {min(values):.1f} | {max(values):.1f} |")
+    total = sum(v for values in by_method.values() for v in values)
+    lines.append(f"\nAll {sum(map(len, by_method.values()))} runs: {total / 60:.1f} hours of training.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        print("usage: python scripts/run_times.py ROOT (a folder of run folders)", file=sys.stderr)
+        raise SystemExit(2)
+    print(times_table(Path(sys.argv[1])))
