@@ -43,3 +43,24 @@ def test_cli_writes_one_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["plot", str(tmp_path / "runs"), "--by-method", str(target)]) == 0
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(target) in capsys.readouterr().out
     assert not (tmp_path / "runs" / "a" / "test_error.png").exists()  # one figure instead of per-run ones
+
+
+def test_twelve_methods_never_share_a_line_style_and_a_short_line_says_where_it_ends(tmp_path: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    import okd.report.method_curves as module
+
+    figures = []
+    real_save = module.save
+    monkeypatch.setattr(module, "save", lambda fig, path: (figures.append(fig), real_save(fig, path))[1])
+    folders = [fake_run(tmp_path / f"m{i}", f"plugin_method_{i}", [50.0 - i, 40.0 - i]) for i in range(12)]
+    folders.append(fake_run(tmp_path / "baseline", "baseline", [60.0, 45.0]))
+    folders.append(fake_run(tmp_path / "cut", "dml", [55.0]))
+    module.plot_method_curves(folders, tmp_path / "cmp.png")
+    lines = figures[0].axes[0].get_lines()
+    assert len(lines) == 14
+    looks = [(line.get_color(), line.get_linestyle()) for line in lines]
+    assert len(set(looks)) == 14
+    labels = [line.get_label() for line in lines]
+    assert labels[0] == "baseline: 45.00% (n=1)" and "dml: 55.00% (n=1, epoch 1)" in labels
+    assert "plugin_method_0: 40.00% (n=1)" in labels

@@ -52,6 +52,13 @@ def method_curves(folders: list[Path], head: str = "deployed") -> list[MethodCur
     return sorted(curves, key=lambda c: (c.label != DEFAULT_METHOD, c.mean[-1]))  # the reference line first
 
 
+def line_styles(count: int) -> list[dict]:
+    """``count`` distinct (colour, dash) pairs: the ten default colours solid, then dashed, then dotted,
+    so twelve methods never share a line's look."""
+    dashes = ("-", "--", ":", "-.")
+    return [{"color": f"C{i % 10}", "linestyle": dashes[(i // 10) % len(dashes)], "linewidth": 1.5} for i in range(count)]
+
+
 def plot_method_curves(folders: list[Path], path: str | Path, title: str | None = None) -> Path:
     """Deployed test error per epoch, one line per method (mean over seeds, band: ± 1 std)."""
     curves = method_curves(folders)
@@ -59,9 +66,13 @@ def plot_method_curves(folders: list[Path], path: str | Path, title: str | None 
         raise OKDUserError("no runs to compare")
     fig = figure(9, 5.5)
     ax = fig.add_subplot()
-    for i, curve in enumerate(curves):
-        style = {"color": "black", "linewidth": 2.5} if curve.label == DEFAULT_METHOD else {"color": f"C{i % 10}", "linewidth": 1.5}
-        ax.plot(curve.epochs, curve.mean, marker="o", markersize=3, label=f"{curve.label}: {curve.mean[-1]:.2f}% (n={curve.runs})", **style)
+    last_epoch = max(c.epochs[-1] for c in curves)
+    others = iter(line_styles(len(curves)))
+    for curve in curves:
+        style = {"color": "black", "linestyle": "-", "linewidth": 2.5} if curve.label == DEFAULT_METHOD else next(others)
+        short = "" if curve.epochs[-1] == last_epoch else f", epoch {curve.epochs[-1]}"  # a line cut short says where
+        ax.plot(curve.epochs, curve.mean, marker="o", markersize=3,
+                label=f"{curve.label}: {curve.mean[-1]:.2f}% (n={curve.runs}{short})", **style)
         low = [m - s for m, s in zip(curve.mean, curve.std)]
         high = [m + s for m, s in zip(curve.mean, curve.std)]
         ax.fill_between(curve.epochs, low, high, color=style["color"], alpha=0.08, linewidth=0)
