@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every registered method on a fixed few-label Fashion-MNIST subset over 3 seeds, resumable.
 #
-# Protocol (about 2 hours of ONE CPU core for 30 runs: 4-6.5 minutes a 2-peer run, measured): the first 100 training images of each
+# Protocol (36 runs, 1.7 hours of training on one CPU core, measured 6 December 2026: python scripts/run_times.py ROOT):
+# the first 100 training images of each
 # class (--train-per-class 100: 1,000 images, the same for every seed), the first 300 test images of
 # each class (--test-per-class 300: 3,000 images, the same for every run, evaluated every epoch),
 # ResNet-32, 2 peers for every online method (1 for the baseline), 12 epochs, batch 20 (MCL's
@@ -14,8 +15,8 @@
 # anything else starts afresh. Runs go to ROOT/fashion-mnist/resnet32/<method>/seed<k>.
 #
 #   scripts/fashion_mnist_comparison.sh [ROOT=runs/fmnist] [JOBS=1] [SEEDS="0 1 2"]
-#   okd report ROOT --arch resnet32 --table main --table successors
-#   okd plot ROOT --by-method docs/img/fashion_mnist_methods.png   (error per epoch, mean over seeds, one line per method)
+#   okd report ROOT --arch resnet32 --table main --table successors --vs-baseline
+#   okd plot ROOT/fashion-mnist --by-method docs/img/fashion_mnist_methods.png   (error per epoch, mean over seeds, one line per method)
 set -euo pipefail
 ROOT=${1:-runs/fmnist}
 JOBS=${2:-1}
