@@ -56,3 +56,20 @@ def test_run_times_sums_each_epoch_once_and_skips_unfinished(tmp_path: Path) -> 
     assert lines[-1] == "All 3 runs: 0.2 hours of training."
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "missing")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("usage:")
+
+
+def test_readme_figures_are_what_the_committed_records_give(capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's Fashion-MNIST tables and times are okd report's and run_times.py's output on results/, verbatim."""
+    from okd.cli.main import main
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["report", str(repo / "results"), "--arch", "resnet32", "--table", "main", "--table", "successors",
+                 "--vs-baseline"]) == 0
+    report = capsys.readouterr().out
+    assert report.count("(n=3)") == 13  # the baseline twice, twelve methods once: every run of the comparison
+    assert report.replace("### ", "#### ") in readme
+    times = subprocess.run([sys.executable, str(repo / "scripts" / "run_times.py"), str(repo / "results" / "fashion-mnist")],
+                           capture_output=True, text=True, check=True).stdout
+    assert "All 36 runs" in times and times.strip() in readme
