@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from okd import __version__
 from okd.errors import OKDUserError, OKDWarning
@@ -42,6 +42,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(command: str, show_other: Callable) -> Callable:
+    """``warnings.showwarning`` that prints an OKDWarning as ``okd <command>: warning: ...`` (no file, no line)."""
+    def show(message: Warning | str, category: type[Warning], *rest: object, **named: object) -> None:
+        if issubclass(category, OKDWarning):
+            print(f"{command}: warning: {message}", file=sys.stderr)
+        else:
+            show_other(message, category, *rest, **named)
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; a user error is one line and exit 2, Ctrl-C at any moment exit 130, never a traceback."""
     command = "okd"
@@ -52,10 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = f"okd {args.command}"
         with warnings.catch_warnings():
             warnings.simplefilter("always", OKDWarning)
-            shown = warnings.showwarning
-            warnings.showwarning = lambda message, category, *rest: (
-                print(f"{command}: warning: {message}", file=sys.stderr) if issubclass(category, OKDWarning)
-                else shown(message, category, *rest))
+            warnings.showwarning = _one_line_warnings(command, warnings.showwarning)
             return int(args.run(args) or 0)
     except OKDUserError as exc:
         print(f"{command}: error: {exc}", file=sys.stderr)

@@ -29,15 +29,12 @@ def add_method_options(parser: argparse.ArgumentParser, method: str | None) -> N
     """One flag per method option, from the methods' declarations. Every registered method's options
     are accepted (a run ignores those its method lacks, as a config file may carry them); ``--help``
     lists ``method``'s, or all of them, each with the methods that declare it, when none was named."""
-    from okd.methods import all_options, get_method_class, list_methods
+    from okd.methods import all_options, get_method_class, option_owners
 
     own = {o.name: o for o in get_method_class(method).declared_options()} if method else {}
     title = f"{method} options (defaults: the method's)" if method else "method options (`okd train --method M --help` shows M's)"
     group = parser.add_argument_group(title)
-    owners: dict[str, list[str]] = {}
-    for name in list_methods():
-        for option in get_method_class(name).declared_options():
-            owners.setdefault(option.name, []).append(name)
+    owners = option_owners()
     taken = {flag for action in parser._actions for flag in action.option_strings}
     ordered = [*own.values(), *(o for n, o in all_options().items() if n not in own)]
     for option in ordered:

@@ -21,7 +21,7 @@ from okd.data.sampling import SAMPLERS
 from okd.engine.config import TrainConfig, check_device_name, check_positive, replace
 from okd.engine.data_recipe import own_data_recipe
 from okd.errors import OKDUserError, OKDWarning
-from okd.methods import DEFAULT_METHOD, OKDMethod, all_options, get_method_class, list_methods, resolve_method_name, split_arch
+from okd.methods import DEFAULT_METHOD, OKDMethod, all_options, get_method_class, option_owners, resolve_method_name, split_arch
 from okd.methods.options import check_values
 from okd.models import SHARE_MODES, create_backbone, format_arch
 
@@ -74,8 +74,7 @@ def method_options(cls: type[OKDMethod], given: dict[str, Any], recipe: dict[str
         raise OKDUserError(f"unknown option {unknown[0]!r}; method {cls.name!r} has the options: {', '.join(declared) or 'none'}")
     ignored = sorted(k for k, v in given.items() if k in others and v is not None)
     if ignored:  # a shared config file may carry them; a flag typed for the wrong method must not pass silently
-        owners = {name: [m for m in list_methods() if name in {o.name for o in get_method_class(m).declared_options()}]
-                  for name in ignored}
+        owners = option_owners()
         warnings.warn(OKDWarning(f"method {cls.name!r} has no option "
                                  + "; ".join(f"{name} (an option of {', '.join(owners[name])})" for name in ignored)
                                  + ": ignored"), stacklevel=2)

@@ -104,6 +104,15 @@ def stand_in_dataset(name: str, num_classes: int, **options: Any) -> DatasetInfo
     return DatasetInfo.balanced(num_classes, cls.stand_in_per_class(num_classes, values))
 
 
+def option_owners() -> dict[str, list[str]]:
+    """Each option name with the registered methods that declare it, in registration order."""
+    owners: dict[str, list[str]] = {}
+    for name, cls in _METHODS.items():
+        for option in cls.declared_options():
+            owners.setdefault(option.name, []).append(name)
+    return owners
+
+
 def all_options() -> dict[str, Option]:
     """Every registered method's options by name (the first declaration of a shared name): what the
     command line offers before it knows the method, and the names a config file may use."""
