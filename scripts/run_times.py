@@ -17,26 +17,26 @@ from collections import defaultdict
 from pathlib import Path
 
 
-def run_minutes(run: Path) -> float | None:
-    """Training minutes of a finished run folder, None for an unfinished or unreadable one."""
+def run_minutes(run: Path) -> tuple[str, float] | None:
+    """(method, training minutes) of a finished run folder, None for an unfinished or unreadable one."""
     try:
-        if not json.loads((run / "summary.json").read_text()).get("finished"):
+        summary = json.loads((run / "summary.json").read_text())
+        if not summary.get("finished"):
             return None
         epochs = {}
         for line in (run / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
             epochs[record["epoch"]] = record["train_seconds"]  # a resumed epoch replaces its first attempt
+        return summary["method"], sum(epochs.values()) / 60.0
     except (OSError, ValueError, KeyError):
         return None
-    return sum(epochs.values()) / 60.0
 
 
 def times_table(root: Path) -> str:
     by_method: dict[str, list[float]] = defaultdict(list)
     for summary in sorted(root.rglob("summary.json")):
-        minutes = run_minutes(summary.parent)
-        if minutes is not None:
-            by_method[json.loads(summary.read_text())["method"]].append(minutes)
+        if (timed := run_minutes(summary.parent)) is not None:
+            by_method[timed[0]].append(timed[1])
     if not by_method:
         raise SystemExit(f"run_times.py: no finished runs under {root}")
     lines = ["| Method | Runs | Training minutes per run: median | min | max |", "|---|---|---|---|---|"]
